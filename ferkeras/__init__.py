@@ -5,6 +5,8 @@ import os
 # It must be set before TensorFlow is first imported, which is why it lives at package import.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# albumentations asks the network for a newer version on import; these machines have no network.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 # FER+ class order, shared with the ONNX Model Zoo emotion-ferplus-8 model.
 CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")

@@ -1,0 +1,166 @@
+"""Training configuration: one table of options feeds argparse, YAML recipes and the run's config.yaml.
+
+Precedence, lowest to highest: the defaults below, a `--config FILE` recipe, flags on the command line.
+Every option is documented once, here, and `train.py --help` prints it.
+"""
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+# The class weights of the published FER+ ResNet50 recipe, in FER+ class order.
+PUBLISHED_CLASS_WEIGHTS = (2.74398525, 3.56296941, 7.9199129, 8.44722581,
+                           12.27334083, 215.34868421, 50.51388889, 230.51408451)
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    default: object
+    help: str
+    type: type = str
+    choices: tuple = None
+    group: str = "training"
+
+
+def _class_weights(text):
+    """'balanced', 'none', 'published' or 8 numbers (comma or space separated)."""
+    if isinstance(text, (list, tuple)):
+        values = list(text)
+    else:
+        text = str(text).strip()
+        if text in ("balanced", "none", "published"):
+            return text
+        values = text.replace(",", " ").split()
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        raise UserError(f"--class_weights: expected 8 numbers, 'balanced', 'published' or 'none', got {text!r}")
+    if len(numbers) != 8 or min(numbers) <= 0:
+        raise UserError(f"--class_weights: expected 8 positive numbers (one per FER+ class), got {len(numbers)}: {text!r}")
+    return numbers
+
+
+OPTIONS = (
+    # run
+    Option("name", None, "run name; the run folder is <output_dir>/<name> (default: <model_name>-<timestamp>)", group="run"),
+    Option("output_dir", "runs", "folder holding the run folders", group="run"),
+    Option("overwrite", False, "replace an existing run folder of the same name", bool, group="run"),
+    Option("resume", False, "continue the run <name> from its last checkpoint (weights, optimizer, epoch)", bool, group="run"),
+    Option("seed", 42, "seed for weights init, shuffling, augmentation and PLD sampling", int, group="run"),
+    # data
+    Option("data_dir", None, "FER+ data: Microsoft's FER2013Train/Valid/Test folders or Kaggle fer2013.csv + "
+           "fer2013new.csv (default: $FERKERAS_DATA, else data/)", group="data"),
+    Option("training_mode", "majority", "how 10 votes become a target (Barsoum et al. 2016); evaluation always "
+           "uses majority", choices=("majority", "probability", "crossentropy", "multi_target"), group="data"),
+    Option("augment", "crop_flip", "training augmentation: crop_flip = random resized crop (scale 0.8-1.0) + "
+           "horizontal flip; ferplus adds shift/scale/rotation and brightness/contrast; none",
+           choices=("none", "crop_flip", "ferplus"), group="data"),
+    Option("train_limit", 0, "use only this many training faces (a seeded random subset; 0 = all)", int, group="data"),
+    Option("valid_limit", 0, "use only this many validation faces (0 = all)", int, group="data"),
+    # model
+    Option("model_name", "ResNet50", "backbone", choices=("ResNet50", "SeNet50", "FaceNet", "VGG13"), group="model"),
+    Option("weights", "imagenet", "imagenet | vggface2 | facenet | none | PATH to a .weights.h5, .keras or "
+           "Keras-2 .h5 file", group="model"),
+    Option("allow_partial_weights", False, "accept a weights file that covers only part of the backbone", bool, group="model"),
+    Option("image_size", 0, "side the graph resizes faces to (0 = the backbone's default: 224 ResNet50/SeNet50, "
+           "160 FaceNet, 64 VGG13)", int, group="model"),
+    Option("dropout_rate", 0.3, "dropout before the final Dense(8)", float, group="model"),
+    Option("freeze_before", 0, "freeze layers of the full model: N<0 freezes all but the last |N| layers, N>0 "
+           "freezes the first N, 0 freezes nothing (frozen BatchNorm stays in inference mode)", int, group="model"),
+    # optimisation
+    Option("optimizer", "Adam", "optimizer", choices=("Adam", "SGD")),
+    Option("init_lr", 1e-4, "initial learning rate", float),
+    Option("momentum", 0.9, "SGD momentum", float),
+    Option("batch_size", 32, "images per step", int),
+    Option("nepochs", 30, "maximum number of epochs", int),
+    Option("lr_policy", "plateau", "plateau: x plateau_factor when val_loss has not improved for plateau_patience "
+           "epochs; step: x lr_decay_factor every lr_decay_epochs; cosine: cosine decay to 0 over nepochs; constant",
+           choices=("plateau", "step", "cosine", "constant")),
+    Option("plateau_factor", 0.5, "plateau policy: learning-rate multiplier", float),
+    Option("plateau_patience", 3, "plateau policy: epochs without val_loss improvement before decaying", int),
+    Option("lr_decay_epochs", 10, "step policy: epochs between decays", int),
+    Option("lr_decay_factor", 0.1, "step policy: learning-rate multiplier", float),
+    Option("early_stopping_patience", 8, "stop after this many epochs without val_accuracy improvement (0 = never)", int),
+    Option("class_weights", "published", "loss weight per class: 'published' (the FER+ ResNet50 recipe's "
+           "list), 'balanced' (n / (8 * count) from the training targets), 'none', or 8 numbers", _class_weights),
+)
+OPTION_BY_NAME = {o.name: o for o in OPTIONS}
+GROUP_TITLES = {"run": "run folder", "data": "data", "model": "model", "training": "optimisation"}
+
+
+def build_parser(description=None):
+    """An argparse parser for every option; unset flags stay absent so a recipe can fill them."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", help="YAML recipe (see configs/); flags given here override it")
+    groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
+    for opt in OPTIONS:
+        kwargs = {"help": f"{opt.help} (default: {opt.default})"}
+        if opt.type is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = opt.type
+            if opt.choices:
+                kwargs["choices"] = opt.choices
+        groups[opt.group].add_argument(f"--{opt.name}", **kwargs)
+    return parser
+
+
+def load_recipe(path):
+    """Read a YAML recipe and check its keys and values against the option table."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found; pass a YAML recipe such as configs/cpu_quick.yaml")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); fix the file")
+    if not isinstance(recipe, dict):
+        raise UserError(f"{path}: expected a mapping of option: value, got {type(recipe).__name__}")
+    return {key: _coerce(key, value, source=str(path)) for key, value in recipe.items()}
+
+
+def _coerce(key, value, source):
+    if key not in OPTION_BY_NAME:
+        raise UserError(f"{source}: unknown option {key!r}; see `python train.py --help` for the options")
+    opt = OPTION_BY_NAME[key]
+    if value is None:
+        return None
+    try:
+        value = opt.type(value) if opt.type is not bool else bool(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: option {key!r} expects {opt.type.__name__}, got {value!r}")
+    if opt.choices and value not in opt.choices:
+        raise UserError(f"{source}: option {key!r} must be one of {', '.join(opt.choices)}, got {value!r}")
+    return value
+
+
+def resolve(argv=None, description=None):
+    """Parse the command line into (config, explicit): a dict of every option (defaults < recipe <
+    flags) and the names set by the recipe or the flags (resume checks them against the saved run)."""
+    args = vars(build_parser(description).parse_args(argv))
+    config = {opt.name: opt.default for opt in OPTIONS}
+    recipe_path = args.pop("config", None)
+    recipe = load_recipe(recipe_path) if recipe_path else {}
+    config.update(recipe)
+    config.update(args)
+    config["class_weights"] = _class_weights(config["class_weights"])
+    return config, set(recipe) | set(args)
+
+
+def save_config(config, path):
+    """Write the resolved config as YAML (the run's record of how it was made)."""
+    from .errors import write_text_atomic
+    write_text_atomic(path, yaml.safe_dump(dict(config), sort_keys=False))
+
+
+def read_config(path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: run config not found; is {path.parent} a ferkeras run folder?")
+    return yaml.safe_load(path.read_text())

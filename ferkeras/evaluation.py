@@ -1,0 +1,380 @@
+"""Evaluate a trained model on a FER+ split under the majority protocol, and compare runs.
+
+The FER+ majority protocol (Barsoum et al. 2016) scores a face only if more than half of its votes,
+after removing single stray votes, agree on one emotion; the other faces are left out. Metrics are
+computed by pure numpy functions from (labels, probabilities), so they can be checked by hand, and
+the models are hidden behind predictors with one method, `logits(faces)`.
+"""
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from . import CLASSES, NUM_CLASSES
+from .errors import UserError, write_text_atomic
+
+CHECKPOINT_NAMES = ("best_acc", "best_loss", "last")
+
+
+# ----------------------------------------------------------------------------- metrics (pure numpy)
+
+def softmax(logits):
+    """Row-wise softmax in float64, stable for large logits."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def confusion_matrix(labels, predicted, num_classes=NUM_CLASSES):
+    """Counts (num_classes, num_classes): rows are the true classes, columns the predicted ones."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64)), 1)
+    return matrix
+
+
+def vote_distribution(votes):
+    """The 8 emotion votes of each face normalised to sum to 1 ("unknown" and "not a face" left out)."""
+    emotions = np.asarray(votes, dtype=np.float64)[:, :NUM_CLASSES]
+    totals = emotions.sum(axis=1, keepdims=True)
+    return np.divide(emotions, totals, out=np.zeros_like(emotions), where=totals > 0)
+
+
+def mean_kl_divergence(vote_dist, probabilities, eps=1e-12):
+    """Mean KL(P || Q) = sum_c P_c log(P_c / Q_c), with P the annotators' vote distribution and Q the
+    model's predicted distribution.
+
+    This direction asks how well the model's distribution explains the crowd's: it grows without
+    bound when the model gives ~0 probability to an emotion that annotators chose, and it ignores
+    classes nobody voted for (0 log 0 = 0). Q is clipped at `eps` so a hard 0 stays finite.
+    """
+    p = np.asarray(vote_dist, dtype=np.float64)
+    q = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1.0)
+    terms = np.where(p > 0, p * (np.log(np.where(p > 0, p, 1.0)) - np.log(q)), 0.0)
+    return float(terms.sum(axis=1).mean()) if len(p) else None
+
+
+def classification_metrics(labels, probabilities, vote_dist=None):
+    """Accuracy, balanced accuracy, per-class precision/recall/F1/support, confusion matrix, mean KL.
+
+    `labels` are the majority classes (N,), `probabilities` the model's (N, 8) distributions and
+    `vote_dist` (optional) the (N, 8) vote distributions for the KL term. Conventions: precision of
+    a class that is never predicted is 0; recall and F1 of a class with no faces are None, and such
+    a class is left out of the balanced accuracy (the mean recall over the classes present).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if len(labels) == 0:
+        raise UserError("no faces to score: every face of the split was dropped by the majority protocol")
+    predicted = probabilities.argmax(axis=1)
+    confusion = confusion_matrix(labels, predicted)
+    correct = np.diag(confusion).astype(np.float64)
+    support = confusion.sum(axis=1)
+    predicted_count = confusion.sum(axis=0)
+    per_class, recalls = {}, []
+    for k, name in enumerate(CLASSES):
+        precision = correct[k] / predicted_count[k] if predicted_count[k] else 0.0
+        if support[k]:
+            recall = correct[k] / support[k]
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            recalls.append(recall)
+        else:
+            recall = f1 = None
+        per_class[name] = {"precision": float(precision), "recall": _float_or_none(recall),
+                           "f1": _float_or_none(f1), "support": int(support[k])}
+    f1s = [c["f1"] for c in per_class.values() if c["f1"] is not None]
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(correct.sum() / len(labels)),
+        "balanced_accuracy": float(np.mean(recalls)),
+        "macro_f1": float(np.mean(f1s)),
+        "mean_kl": mean_kl_divergence(vote_dist, probabilities) if vote_dist is not None else None,
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+    }
+
+
+def _float_or_none(value):
+    return None if value is None else float(value)
+
+
+# ----------------------------------------------------------------------------- models as predictors
+
+class KerasPredictor:
+    """A ferkeras Keras model: raw faces 0..255 (N, H, W, 1) in, 8 logits out."""
+
+    kind = "keras"
+
+    def __init__(self, model, batch_size=64, path=None):
+        self.model, self.batch_size, self.path = model, batch_size, path
+        check_class_count(model.output_shape[-1], path or model.name)
+
+    def logits(self, faces):
+        # model.predict runs a compiled (tf.function / jit) step over fixed-size batches.
+        x = np.asarray(faces, dtype=np.float32)[..., None]
+        return np.asarray(self.model.predict(x, batch_size=self.batch_size, verbose=0), dtype=np.float32)
+
+    def describe(self):
+        return {"format": "keras", "path": str(self.path) if self.path else None,
+                "parameters": int(self.model.count_params())}
+
+
+class OnnxPredictor:
+    """An ONNX contract model scored with onnxruntime on `to_contract_input(faces)`."""
+
+    kind = "onnx"
+
+    def __init__(self, path, batch_size=64):
+        from .contract import ContractSession, check_onnx_contract
+
+        self.path, self.batch_size = Path(path), batch_size
+        self.info = check_onnx_contract(path)
+        self.session = ContractSession(path, self.info)
+
+    def logits(self, faces):
+        from .contract import to_contract_input
+
+        return self.session.logits(to_contract_input(faces), batch_size=self.batch_size)
+
+    def describe(self):
+        return {"format": "onnx", "path": str(self.path), "parameters": self.info["parameters"],
+                "opset": self.info["opset"], "fixed_batch": self.info["batch"]}
+
+
+def check_class_count(count, source):
+    if count != NUM_CLASSES:
+        raise UserError(f"{source}: the model scores {count} classes, expected {NUM_CLASSES} (the FER+ "
+                        f"classes {', '.join(CLASSES)}); train it with train.py or pick another file")
+
+
+def load_keras_model(path):
+    """keras.saving.load_model for ferkeras files, with one-line errors."""
+    import keras
+
+    import ferkeras.models  # noqa: F401  (registers the custom preprocessing layer for deserialisation)
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file; give a .keras checkpoint or a .onnx export")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a .keras model (a .keras file is a zip archive); give a checkpoint "
+                        "saved by train.py")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: cannot load as a Keras model ({first[:160]}); give a .keras file "
+                        "saved by train.py") from None
+
+
+def load_predictor(path, batch_size=64):
+    """A predictor for a .keras or .onnx file, checked to score the 8 FER+ classes."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return OnnxPredictor(path, batch_size)
+    if suffix == ".keras":
+        return KerasPredictor(load_keras_model(path), batch_size, path)
+    raise UserError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; expected a .keras or .onnx file")
+
+
+def timed_logits(predictor, faces):
+    """(logits, images per second). A warm-up batch first keeps tracing and session set-up out of the timing."""
+    predictor.logits(faces[:getattr(predictor, "batch_size", 8)])
+    start = time.perf_counter()
+    logits = predictor.logits(faces)
+    elapsed = time.perf_counter() - start
+    return logits, len(faces) / elapsed if elapsed > 0 else float("inf")
+
+
+def predict_probabilities(predictor, faces, tta="none"):
+    """Return (probabilities (N, 8), flip-averaged probabilities or None, images per second)."""
+    logits, speed = timed_logits(predictor, faces)
+    plain = softmax(logits)
+    if tta == "none":
+        return plain, None, speed
+    mirrored = softmax(predictor.logits(faces[:, :, ::-1]))
+    return plain, (plain + mirrored) / 2, speed
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_eval_split(data_dir, split):
+    """Faces kept by the majority protocol: (faces uint8 (M, 48, 48), labels (M,), vote dists (M, 8))."""
+    from .data import load_split, resolve_data_dir
+    from .labels import majority_labels
+
+    loaded = load_split(resolve_data_dir(data_dir), split)  # a UserError names an absent split
+    labels, keep = majority_labels(loaded.votes)
+    return loaded.images[keep], labels[keep], vote_distribution(loaded.votes[keep])
+
+
+# ----------------------------------------------------------------------------- evaluate a run or a file
+
+def resolve_model_path(run=None, model=None, checkpoint="best_acc"):
+    """The model file to evaluate or export: --model as given, or a checkpoint of --run (one of the two)."""
+    if model and run:
+        raise UserError("give either --run or --model, not both")
+    if model:
+        path = Path(model)
+        if not path.is_file():
+            raise UserError(f"{path}: no such model file; give a .keras checkpoint or a .onnx export")
+        return path
+    if not run:
+        raise UserError("give --run runs/<name> or --model FILE (.keras or .onnx)")
+    run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"{run}: no such run folder; give a folder made by train.py (runs/<name>)")
+    if checkpoint in CHECKPOINT_NAMES:
+        path = run / "checkpoints" / f"{checkpoint}.keras"
+    else:
+        path = Path(checkpoint)
+    if not path.is_file():
+        found = sorted(p.stem for p in (run / "checkpoints").glob("*.keras"))
+        raise UserError(f"{path}: checkpoint not found (this run has: {', '.join(found) or 'none'}); pick "
+                        f"--checkpoint from {', '.join(CHECKPOINT_NAMES)} or a file path")
+    return path
+
+
+def run_config(run):
+    """The run's config.yaml as a dict, or {} without a run."""
+    from .config import read_config
+
+    if not run:
+        return {}
+    if not Path(run).is_dir():
+        raise UserError(f"{run}: no such run folder; give a folder made by train.py (runs/<name>)")
+    return read_config(Path(run) / "config.yaml")
+
+
+def evaluate(predictor, faces, labels, vote_dist, tta="none"):
+    """Score a predictor on prepared faces; return the report dict written to eval_<split>.json."""
+    plain, flipped, speed = predict_probabilities(predictor, faces, tta)
+    report = {"n_faces": int(len(faces)), "images_per_second": float(speed), "tta": tta,
+              "metrics": classification_metrics(labels, flipped if tta == "flip" else plain, vote_dist)}
+    if tta == "flip":
+        report["metrics_without_tta"] = classification_metrics(labels, plain, vote_dist)
+    return report
+
+
+def evaluate_command(run=None, model=None, checkpoint="best_acc", data_dir=None, split="valid",
+                     batch_size=64, tta="none", out=None):
+    """What `evaluate.py` does: load, score, print, write eval_<split>.json and confusion_<split>.png."""
+    from .plots_eval import plot_confusion
+
+    model_path = resolve_model_path(run, model, checkpoint)
+    config = run_config(run)
+    predictor = load_predictor(model_path, batch_size)
+    faces, labels, vote_dist = load_eval_split(data_dir or config.get("data_dir"), split)
+    report = evaluate(predictor, faces, labels, vote_dist, tta)
+    report = {"split": split, "model": predictor.describe(), "run": str(run) if run else None,
+              "checkpoint": checkpoint if run else None, "batch_size": batch_size, **report}
+    out_dir = Path(out) if out else (Path(run) if run else model_path.parent)
+    json_path, png_path = out_dir / f"eval_{split}.json", out_dir / f"confusion_{split}.png"
+    write_text_atomic(json_path, json.dumps(report, indent=2))
+    label = f"{Path(run).name} ({model_path.stem})" if run else model_path.name
+    title = f"{label} on {split}: accuracy {report['metrics']['accuracy']:.2%}" + \
+        (" (flip TTA)" if tta == "flip" else "")
+    plot_confusion(np.asarray(report["metrics"]["confusion"]), png_path, title)
+    print(format_report(report))
+    print(f"wrote {json_path} and {png_path}")
+    return report
+
+
+def format_report(report):
+    """A readable table of a report: headline numbers, then one row per class."""
+    metrics = report["metrics"]
+    lines = [f"{report['model']['path']} ({report['model']['format']}) on {report['split']}: "
+             f"{report['n_faces']} faces (majority protocol), {report['images_per_second']:.0f} images/s"]
+    if "metrics_without_tta" in report:
+        plain = report["metrics_without_tta"]
+        lines.append(f"accuracy {plain['accuracy']:.2%} without TTA, {metrics['accuracy']:.2%} with flip TTA "
+                     f"(balanced {plain['balanced_accuracy']:.2%} -> {metrics['balanced_accuracy']:.2%})")
+    lines.append(f"accuracy {metrics['accuracy']:.2%} | balanced accuracy {metrics['balanced_accuracy']:.2%} | "
+                 f"macro F1 {metrics['macro_f1']:.3f} | mean KL(votes || predicted) "
+                 + (f"{metrics['mean_kl']:.3f}" if metrics["mean_kl"] is not None else "n/a"))
+    lines.append(f"{'class':<10} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}")
+    for name, row in metrics["per_class"].items():
+        recall = f"{row['recall']:.3f}" if row["recall"] is not None else "-"
+        f1 = f"{row['f1']:.3f}" if row["f1"] is not None else "-"
+        lines.append(f"{name:<10} {row['precision']:>9.3f} {recall:>7} {f1:>6} {row['support']:>8}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- compare runs
+
+def run_summary(run_dir):
+    """One row of the comparison table from a run folder's config.yaml, state.json, training.csv and
+    eval_test.json (missing pieces become None)."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    config = run_config(run_dir)
+    state = _read_json(run_dir / "state.json")
+    history = pd.read_csv(run_dir / "training.csv") if (run_dir / "training.csv").is_file() else None
+    if history is not None and "val_accuracy" not in history:
+        history = None
+    best_val = state.get("best_val_accuracy")
+    if best_val is None and history is not None and len(history):
+        best_val = float(history["val_accuracy"].max())
+    epochs = state.get("epoch", len(history) if history is not None else None)
+    test = _read_json(run_dir / "eval_test.json").get("metrics", {}).get("accuracy")
+    return {
+        "name": run_dir.name, "model": config.get("model_name"), "weights": config.get("weights"),
+        "freeze": config.get("freeze_before"), "lr_policy": config.get("lr_policy"),
+        "training_mode": config.get("training_mode"), "epochs": epochs,
+        "best_val_accuracy": best_val, "test_accuracy": test,
+        "val_curve": None if history is None else (history["epoch"].to_numpy() + 1,
+                                                    history["val_accuracy"].to_numpy()),
+    }
+
+
+def _read_json(path):
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); delete or repair it")
+
+
+def compare_runs(run_dirs, out="compare.png"):
+    """Print one table of runs sorted by best validation accuracy; plot their validation curves."""
+    from .plots_eval import plot_val_curves
+
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        if not run_dir.exists():
+            raise UserError(f"{run_dir}: no such run folder; give folders made by train.py (runs/*)")
+        if not (run_dir / "config.yaml").is_file():
+            print(f"skipping {run_dir}: not a run folder (no config.yaml)")
+            continue
+        rows.append(run_summary(run_dir))
+    if not rows:
+        raise UserError(f"--compare: none of the {len(run_dirs)} paths is a run folder with a config.yaml; "
+                        "give folders made by train.py (runs/*)")
+    rows.sort(key=lambda r: -1 if r["best_val_accuracy"] is None else r["best_val_accuracy"], reverse=True)
+    print(format_comparison(rows))
+    plot_val_curves([(r["name"], r["val_curve"]) for r in rows if r["val_curve"] is not None], out)
+    print(f"wrote {out}")
+    return rows
+
+
+def format_comparison(rows):
+    header = ("run", "model", "weights", "freeze", "lr policy", "mode", "epochs", "best val", "test")
+    table = [header] + [(
+        r["name"], _text(r["model"]), _text(r["weights"]), _text(r["freeze"]), _text(r["lr_policy"]),
+        _text(r["training_mode"]), _text(r["epochs"]), _percent(r["best_val_accuracy"]),
+        _percent(r["test_accuracy"])) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in table)
+
+
+def _text(value):
+    return "-" if value is None else str(value)
+
+
+def _percent(value):
+    return "-" if value is None else f"{value:.2%}"

@@ -1,0 +1,277 @@
+"""Fine-tune a model on FER+: run folder, data, model, optimiser, learning-rate policy, checkpoints, resume.
+
+A run folder holds everything a run made:
+
+    runs/<name>/config.yaml         resolved configuration (how to make this run again)
+    runs/<name>/checkpoints/        best_acc.keras, best_loss.keras, last.keras (with optimiser state)
+    runs/<name>/state.json          completed epochs, best scores, callback counters (for --resume)
+    runs/<name>/training.csv        one row per epoch
+    runs/<name>/curves.png          loss, accuracy and learning rate per epoch
+    runs/<name>/tensorboard/        TensorBoard logs
+"""
+import json
+import math
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .augment import build_augmenter
+from .config import read_config, save_config
+from .data import load_labelled, resolve_data_dir, summary_line
+from .errors import UserError, atomic_path, write_text_atomic
+from .losses import loss_for_mode
+from .models import apply_freeze, build_model, freeze_summary
+from .pipeline import FaceBatches, class_weight_vector
+from .plots import plot_training_curves
+
+CHECKPOINTS = ("best_acc", "best_loss", "last")
+# Options that may change when a run is resumed; anything else would make a different experiment.
+RESUMABLE = ("nepochs", "early_stopping_patience", "output_dir", "data_dir")
+
+
+# ----------------------------------------------------------------------------- run folder
+
+def run_dir_for(config):
+    return Path(config["output_dir"]) / config["name"]
+
+
+def plan_run(config, explicit=()):
+    """Name the run folder (or reopen it, with --resume); return (config, run_dir, state).
+
+    A new run's folder is only created by `create_run_dir`, once data and model have loaded, so a
+    mistake in the command leaves no empty run behind.
+    """
+    if config["resume"]:
+        return _reopen_run(config, explicit)
+    if not config.get("name"):
+        config["name"] = f"{config['model_name']}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = run_dir_for(config)
+    if run_dir.exists() and not config["overwrite"]:
+        raise UserError(f"{run_dir}: a run of that name exists; pick another --name, add --overwrite to "
+                        f"replace it, or --resume to continue it")
+    return config, run_dir, {"epoch": 0}
+
+
+def create_run_dir(config, run_dir):
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # only reached with --overwrite (plan_run refused otherwise)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    save_config(config, run_dir / "config.yaml")
+
+
+def _reopen_run(config, explicit):
+    if not config.get("name"):
+        raise UserError("--resume needs --name: the run to continue")
+    run_dir = run_dir_for(config)
+    state_path = run_dir / "state.json"
+    if not (run_dir / "checkpoints" / "last.keras").is_file() or not state_path.is_file():
+        raise UserError(f"{run_dir}: nothing to resume (no checkpoints/last.keras and state.json; the run "
+                        "did not finish an epoch); start it again with --overwrite")
+    saved = read_config(run_dir / "config.yaml")
+    changed = sorted(k for k in explicit if k not in RESUMABLE + ("resume", "name", "config")
+                     and saved.get(k) != config[k])
+    if changed:
+        raise UserError(f"--resume continues {run_dir} as configured; these flags differ from its config.yaml: "
+                        f"{', '.join(changed)}. Only {', '.join(RESUMABLE)} may change; start a new run otherwise")
+    saved.update({k: config[k] for k in explicit if k in RESUMABLE})
+    saved["resume"] = True
+    save_config({**saved, "resume": False}, run_dir / "config.yaml")
+    state = json.loads(state_path.read_text())
+    _truncate_history(run_dir / "training.csv", state["epoch"])
+    return saved, run_dir, state
+
+
+def _truncate_history(csv_path, epochs_done):
+    """Drop training.csv rows written after the last saved checkpoint (a kill between the two writes)."""
+    if not csv_path.is_file():
+        return
+    lines = csv_path.read_text().splitlines(keepends=True)
+    write_text_atomic(csv_path, "".join(lines[:1 + epochs_done]))
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_data(config):
+    """Training faces with targets of the chosen label mode; validation faces under the majority protocol."""
+    data_dir = resolve_data_dir(config["data_dir"])
+    train_x, train_t, train_summary = load_labelled(data_dir, "train", config["training_mode"])
+    valid_x, valid_t, valid_summary = load_labelled(data_dir, "valid", "majority")
+    print(summary_line("train", train_summary))
+    print(summary_line("valid", valid_summary))
+    rng = np.random.default_rng(config["seed"])
+    train_x, train_t = _subset(train_x, train_t, config["train_limit"], rng)
+    valid_x, valid_t = _subset(valid_x, valid_t, config["valid_limit"], rng)
+    return (train_x, train_t), (valid_x, valid_t)
+
+
+def _subset(images, targets, limit, rng):
+    if not limit or limit >= len(images):
+        return images, targets
+    rows = np.sort(rng.choice(len(images), size=limit, replace=False))
+    return images[rows], targets[rows]
+
+
+def make_batches(config, train, epoch=0):
+    images, targets = train
+    return FaceBatches(
+        images, targets, config["batch_size"],
+        augmenter=build_augmenter(config["augment"]),
+        sample_targets=config["training_mode"] == "probability",
+        class_weights=class_weight_vector(config["class_weights"], targets),
+        seed=config["seed"], epoch=epoch)
+
+
+# ----------------------------------------------------------------------------- model and optimiser
+
+def build_optimizer(config):
+    if config["optimizer"] == "SGD":
+        return keras.optimizers.SGD(learning_rate=config["init_lr"], momentum=config["momentum"])
+    return keras.optimizers.Adam(learning_rate=config["init_lr"])
+
+
+def new_model(config):
+    model = build_model(config["model_name"], weights=config["weights"],
+                        image_size=config["image_size"] or None, dropout_rate=config["dropout_rate"],
+                        allow_partial_weights=config["allow_partial_weights"])
+    print(freeze_summary(apply_freeze(model, config["freeze_before"])))
+    model.compile(optimizer=build_optimizer(config), loss=loss_for_mode(config["training_mode"]),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    return model
+
+
+def scheduled_lr(config, epoch):
+    """Learning rate of an epoch for the epoch-indexed policies (step, cosine, constant)."""
+    lr = config["init_lr"]
+    if config["lr_policy"] == "step":
+        return lr * config["lr_decay_factor"] ** (epoch // config["lr_decay_epochs"])
+    if config["lr_policy"] == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * epoch / config["nepochs"]))
+    return lr
+
+
+def lr_callback(config):
+    if config["lr_policy"] == "plateau":
+        return keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config["plateau_factor"],
+                                                 patience=config["plateau_patience"], min_lr=1e-7, verbose=1)
+    return keras.callbacks.LearningRateScheduler(lambda epoch: scheduled_lr(config, epoch))
+
+
+# ----------------------------------------------------------------------------- checkpoints and state
+
+class RunRecorder(keras.callbacks.Callback):
+    """After every epoch: checkpoints (atomically), state.json, curves.png and a one-line summary.
+
+    It also carries the counters of the plateau and early-stopping callbacks across --resume, so a
+    resumed run decays and stops exactly when the uninterrupted one would have.
+    """
+
+    def __init__(self, run_dir, config, state, stateful_callbacks):
+        super().__init__()
+        self.run_dir, self.config = Path(run_dir), config
+        self.stateful = stateful_callbacks
+        self.best_acc = state.get("best_val_accuracy") or -np.inf
+        self.best_loss = state.get("best_val_loss") or np.inf
+        self.best_epoch = state.get("best_epoch", 0)
+        self.saved_counters = state.get("callbacks", {})
+        self.epoch_start = None
+
+    def on_train_begin(self, logs=None):
+        for name, callback in self.stateful.items():
+            for key, value in self.saved_counters.get(name, {}).items():
+                if value is not None:
+                    setattr(callback, key, value)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        saved = []
+        if logs.get("val_accuracy", -np.inf) > self.best_acc:
+            self.best_acc, self.best_epoch = logs["val_accuracy"], epoch + 1
+            saved.append(self._save("best_acc"))
+        if logs.get("val_loss", np.inf) < self.best_loss:
+            self.best_loss = logs["val_loss"]
+            saved.append(self._save("best_loss"))
+        self._save("last")
+        self._write_state(epoch + 1, finished=False)
+        plot_training_curves(self.run_dir / "training.csv", self.run_dir / "curves.png", title=self.config["name"])
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        print(f"epoch {epoch + 1}/{self.config['nepochs']}: loss {logs.get('loss', np.nan):.4f} "
+              f"acc {logs.get('accuracy', np.nan):.4f} | val_loss {logs.get('val_loss', np.nan):.4f} "
+              f"val_acc {logs.get('val_accuracy', np.nan):.4f} (best {self.best_acc:.4f} @ {self.best_epoch}) "
+              f"| lr {lr:.3g} | {time.time() - self.epoch_start:.0f}s"
+              + (f" | saved {', '.join(saved)}" if saved else ""), flush=True)
+
+    def _save(self, which):
+        with atomic_path(self.run_dir / "checkpoints" / f"{which}.keras") as tmp:
+            self.model.save(tmp)
+        return which
+
+    def _write_state(self, epochs_done, finished):
+        counters = {name: {key: _plain(getattr(cb, key)) for key in ("wait", "best", "cooldown_counter")
+                           if hasattr(cb, key)} for name, cb in self.stateful.items()}
+        state = {"epoch": epochs_done, "best_val_accuracy": _plain(self.best_acc),
+                 "best_val_loss": _plain(self.best_loss), "best_epoch": self.best_epoch,
+                 "finished": finished, "callbacks": counters}
+        write_text_atomic(self.run_dir / "state.json", json.dumps(state, indent=2))
+
+    def finish(self, epochs_done):
+        self._write_state(epochs_done, finished=True)
+
+
+def _plain(value):
+    value = float(keras.ops.convert_to_numpy(value)) if value is not None else None
+    return None if value is None or not math.isfinite(value) else value
+
+
+def callbacks_for(config, run_dir, state):
+    stateful = {"lr_policy": lr_callback(config)}
+    if config["early_stopping_patience"] > 0:
+        stateful["early_stopping"] = keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", mode="max", patience=config["early_stopping_patience"], verbose=1)
+    recorder = RunRecorder(run_dir, config, state, stateful)
+    # The learning-rate callbacks add "learning_rate" to the epoch logs, so they run before the CSV logger.
+    callbacks = [*stateful.values(), keras.callbacks.CSVLogger(str(run_dir / "training.csv"), append=True),
+                 recorder]
+    if keras.backend.backend() == "tensorflow":
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
+    return callbacks, recorder
+
+
+# ----------------------------------------------------------------------------- the run
+
+def train(config, explicit=()):
+    """Train as configured; return a summary dict (run_dir, epochs, best_val_accuracy, ...)."""
+    config, run_dir, state = plan_run(dict(config), explicit)
+    initial_epoch = state["epoch"]
+    if initial_epoch >= config["nepochs"]:
+        raise UserError(f"{run_dir}: already trained {initial_epoch} epochs; raise --nepochs to train further")
+    keras.utils.set_random_seed(config["seed"])
+    train_data, (valid_x, valid_t) = load_data(config)
+    if initial_epoch:
+        model = keras.saving.load_model(run_dir / "checkpoints" / "last.keras")
+        print(f"resuming {run_dir} after epoch {initial_epoch}")
+    else:
+        model = new_model(config)
+        create_run_dir(config, run_dir)
+    callbacks, recorder = callbacks_for(config, run_dir, state)
+    print(f"run folder: {run_dir}")
+    try:
+        history = model.fit(make_batches(config, train_data, epoch=initial_epoch),
+                            validation_data=(valid_x.astype(np.float32)[..., None], valid_t),
+                            validation_batch_size=max(config["batch_size"], 64),
+                            epochs=config["nepochs"], initial_epoch=initial_epoch,
+                            callbacks=callbacks, verbose=1)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: python train.py --name {config['name']} "
+              f"--output_dir {config['output_dir']} --resume")
+        raise
+    epochs_done = initial_epoch + len(history.history.get("loss", []))
+    recorder.finish(epochs_done)
+    return {"run_dir": str(run_dir), "epochs": epochs_done, "best_val_accuracy": recorder.best_acc,
+            "best_epoch": recorder.best_epoch, "best_val_loss": recorder.best_loss}

@@ -1,0 +1,108 @@
+"""Training end to end on real FER+ faces: it learns, it records, it resumes; LR policies; losses."""
+import json
+import math
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from ferkeras.config import resolve
+from ferkeras.errors import UserError
+from ferkeras.losses import MultiTargetLoss
+from ferkeras.training import scheduled_lr, train
+
+# A model small enough to learn a few hundred faces in well under a minute on 2 cores.
+TINY = ["--model_name", "ResNet50", "--weights", "none", "--image_size", "32", "--batch_size", "32",
+        "--class_weights", "none", "--augment", "none", "--init_lr", "0.001", "--lr_policy", "constant",
+        "--early_stopping_patience", "0", "--dropout_rate", "0.0"]
+
+
+def run_config(small_ferplus, tmp_path, *flags):
+    return resolve(["--data_dir", str(small_ferplus), "--output_dir", str(tmp_path / "runs"), *TINY, *flags])
+
+
+def majority_rate(run_dir, small_ferplus):
+    from ferkeras.data import load_labelled
+    _, targets, _ = load_labelled(small_ferplus, "train", "majority")
+    return np.bincount(targets.argmax(1), minlength=8).max() / len(targets)
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_ferplus, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("train")
+    config, explicit = run_config(small_ferplus, tmp_path, "--name", "learns", "--nepochs", "8")
+    return train(config, explicit), small_ferplus
+
+
+def test_short_training_learns_the_faces_it_sees(trained_run):
+    result, small_ferplus = trained_run
+    history = pd.read_csv(f"{result['run_dir']}/training.csv")
+    assert list(history["epoch"]) == list(range(8))
+    assert history["loss"].iloc[-1] < 0.7 * history["loss"].iloc[0]
+    rate = majority_rate(result["run_dir"], small_ferplus)
+    assert history["accuracy"].iloc[-1] > rate + 0.1, (history["accuracy"].tolist(), rate)
+
+
+def test_run_folder_holds_config_checkpoints_state_and_curves(trained_run):
+    result, _ = trained_run
+    run = result["run_dir"]
+    for name in ("config.yaml", "training.csv", "curves.png", "state.json",
+                 "checkpoints/best_acc.keras", "checkpoints/best_loss.keras", "checkpoints/last.keras"):
+        assert (pytest.importorskip("pathlib").Path(run) / name).is_file(), name
+    state = json.loads(open(f"{run}/state.json").read())
+    assert state["epoch"] == 8 and state["finished"] is True
+    history = pd.read_csv(f"{run}/training.csv")
+    assert state["best_val_accuracy"] == pytest.approx(history["val_accuracy"].max())
+    model = keras.saving.load_model(f"{run}/checkpoints/best_acc.keras")
+    assert model.output_shape == (None, 8)
+
+
+def test_existing_run_is_refused_without_overwrite(small_ferplus, tmp_path, trained_run):
+    result, _ = trained_run
+    config, explicit = resolve(["--data_dir", str(small_ferplus), "--output_dir", str(tmp_path / "x"),
+                                "--name", "learns", *TINY])
+    config["output_dir"] = str(pytest.importorskip("pathlib").Path(result["run_dir"]).parent)
+    with pytest.raises(UserError, match="a run of that name exists"):
+        train(config, explicit)
+
+
+def test_resume_continues_at_the_next_epoch_with_optimizer_state(small_ferplus, tmp_path):
+    config, explicit = run_config(small_ferplus, tmp_path, "--name", "r", "--nepochs", "1", "--train_limit", "96")
+    first = train(config, explicit)
+    steps = math.ceil(96 / 32)
+    before = keras.saving.load_model(f"{first['run_dir']}/checkpoints/last.keras")
+    assert int(before.optimizer.iterations) == steps
+    config, explicit = run_config(small_ferplus, tmp_path, "--name", "r", "--nepochs", "2", "--train_limit", "96",
+                                  "--resume")
+    second = train(config, explicit)
+    assert second["epochs"] == 2
+    history = pd.read_csv(f"{second['run_dir']}/training.csv")
+    assert list(history["epoch"]) == [0, 1]
+    after = keras.saving.load_model(f"{second['run_dir']}/checkpoints/last.keras")
+    assert int(after.optimizer.iterations) == 2 * steps
+
+
+def test_resume_refuses_a_changed_experiment(small_ferplus, tmp_path):
+    config, explicit = run_config(small_ferplus, tmp_path, "--name", "r", "--nepochs", "1", "--train_limit", "64")
+    train(config, explicit)
+    config, explicit = run_config(small_ferplus, tmp_path, "--name", "r", "--nepochs", "2", "--train_limit", "64",
+                                  "--resume", "--init_lr", "0.1")
+    with pytest.raises(UserError, match="init_lr"):
+        train(config, explicit)
+
+
+def test_learning_rate_policies():
+    config = {"init_lr": 0.1, "nepochs": 10, "lr_decay_epochs": 3, "lr_decay_factor": 0.1}
+    step = [scheduled_lr({**config, "lr_policy": "step"}, e) for e in range(7)]
+    assert step == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001])
+    cosine = [scheduled_lr({**config, "lr_policy": "cosine"}, e) for e in (0, 5, 10)]
+    assert cosine == pytest.approx([0.1, 0.05, 0.0])
+    assert scheduled_lr({**config, "lr_policy": "constant"}, 9) == 0.1
+
+
+def test_multi_target_loss_is_minus_log_of_mass_on_target_classes():
+    logits = np.log(np.array([[0.5, 0.2, 0.3, 0, 0, 0, 0, 0]], np.float32) + 1e-12)
+    target = np.array([[0.6, 0.0, 0.4, 0, 0, 0, 0, 0]], np.float32)
+    loss = float(MultiTargetLoss()(target, logits))
+    assert loss == pytest.approx(-math.log(0.8), rel=1e-4)
