@@ -9,7 +9,7 @@ Writes eval_<split>.json and confusion_<split>.png (in the run folder, beside --
 """
 import argparse
 
-import ferkeras  # noqa: F401  (sets TensorFlow's environment before it is imported)
+import ferkeras  # sets TensorFlow's environment before it is imported
 from ferkeras.errors import UserError, run_cli
 
 
@@ -35,6 +35,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    ferkeras.import_keras_quietly()
     if args.batch_size < 1:
         raise UserError(f"--batch_size: expected a positive number, got {args.batch_size}")
     if args.compare:

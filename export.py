@@ -11,7 +11,7 @@ Plus692_Output_0 [N,8] logits in FER+ order; it is checked against the Keras mod
 import argparse
 from pathlib import Path
 
-import ferkeras  # noqa: F401  (sets TensorFlow's environment before it is imported)
+import ferkeras  # sets TensorFlow's environment before it is imported
 from ferkeras.contract import INPUT_NAME, OUTPUT_NAME
 from ferkeras.errors import UserError, run_cli
 from ferkeras.export import DEFAULT_OPSET, MAX_OPSET, export_command  # TensorFlow loads only when converting
@@ -46,6 +46,7 @@ def main(argv=None):
     if not (args.run or args.model or args.check_reference):
         raise UserError("nothing to do: give --run runs/<name> or --model FILE.keras to export, and/or "
                         "--check_reference emotion-ferplus-8.onnx")
+    ferkeras.import_keras_quietly()
     from ferkeras.evaluation import run_config
     from ferkeras.reference import check_reference
 

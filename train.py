@@ -7,13 +7,14 @@
 Every flag is listed by --help; the run folder (runs/<name>/) gets the resolved config, checkpoints,
 training.csv, TensorBoard logs and curves.png.
 """
-import ferkeras  # noqa: F401  (sets TensorFlow's environment before it is imported)
+import ferkeras  # sets TensorFlow's environment before it is imported
 from ferkeras.config import resolve
 from ferkeras.errors import run_cli
 
 
 def main(argv=None):
     config, explicit = resolve(argv, description=__doc__.split("\n\n")[0])
+    ferkeras.import_keras_quietly()
     from ferkeras.training import train  # TensorFlow loads here, after --help and flag errors
     result = train(config, explicit)
     print(f"done: {result['epochs']} epochs, best val_accuracy {result['best_val_accuracy']:.4f} "

@@ -16,3 +16,32 @@ VOTE_COLUMNS = CLASSES + ("unknown", "NF")
 FACE_SIZE = 48  # FER2013 faces are 48x48 grayscale
 
 __version__ = "0.1.0"
+
+
+def import_keras_quietly():
+    """Import Keras (and so TensorFlow) without TensorFlow's C++ start-up lines on stderr.
+
+    TensorFlow writes its absl/oneDNN notices to file descriptor 2 before any log level applies, which
+    would bury the one-line errors of our scripts. The notices are captured while importing and shown
+    only if the import itself fails.
+    """
+    import sys
+    import tempfile
+
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras
+        except BaseException:
+            os.dup2(saved_fd, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+    return keras

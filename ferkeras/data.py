@@ -88,7 +88,7 @@ def resolve_data_dir(path=None):
     if not data_dir.is_dir():
         raise UserError(
             f"data directory {data_dir} does not exist; create it and {HOW_TO_GET_DATA}, "
-            "then pass it with --data-dir or set FERKERAS_DATA"
+            "then pass it with --data_dir or set FERKERAS_DATA"
         )
     detect_form(data_dir)
     return data_dir

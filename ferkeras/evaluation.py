@@ -7,7 +7,6 @@ the models are hidden behind predictors with one method, `logits(faces)`.
 """
 import json
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -148,26 +147,6 @@ def check_class_count(count, source):
                         f"classes {', '.join(CLASSES)}); train it with train.py or pick another file")
 
 
-def load_keras_model(path):
-    """keras.saving.load_model for ferkeras files, with one-line errors."""
-    import keras
-
-    import ferkeras.models  # noqa: F401  (registers the custom preprocessing layer for deserialisation)
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such model file; give a .keras checkpoint or a .onnx export")
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"{path}: not a .keras model (a .keras file is a zip archive); give a checkpoint "
-                        "saved by train.py")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except (ValueError, OSError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: cannot load as a Keras model ({first[:160]}); give a .keras file "
-                        "saved by train.py") from None
-
-
 def load_predictor(path, batch_size=64):
     """A predictor for a .keras or .onnx file, checked to score the 8 FER+ classes."""
     path = Path(path)
@@ -175,7 +154,9 @@ def load_predictor(path, batch_size=64):
     if suffix == ".onnx":
         return OnnxPredictor(path, batch_size)
     if suffix == ".keras":
-        return KerasPredictor(load_keras_model(path), batch_size, path)
+        from .models import load_model_file  # Keras loads only when a Keras model is scored
+
+        return KerasPredictor(load_model_file(path), batch_size, path)
     raise UserError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; expected a .keras or .onnx file")
 
 

@@ -206,7 +206,8 @@ def export_saved_model(model, path):
 def export_command(run=None, model=None, checkpoint="best_acc", out=None, opset=DEFAULT_OPSET,
                    input_name=INPUT_NAME, output_name=OUTPUT_NAME, data_dir=None, saved_model=False):
     """What `export.py` does: model.onnx (verified), model.keras beside it, optionally a SavedModel."""
-    from .evaluation import load_keras_model, resolve_model_path, run_config
+    from .evaluation import resolve_model_path, run_config
+    from .models import load_model_file
 
     source = resolve_model_path(run, model, checkpoint)
     if source.suffix.lower() != ".keras":
@@ -216,7 +217,7 @@ def export_command(run=None, model=None, checkpoint="best_acc", out=None, opset=
     out_path = Path(out) if out else (Path(run) if run else source.parent) / "model.onnx"
     if out_path.suffix.lower() != ".onnx":
         raise UserError(f"--out {out_path}: expected a file name ending in .onnx")
-    keras_model = load_keras_model(source)
+    keras_model = load_model_file(source)
     report = export_onnx(keras_model, out_path, config, source, data_dir=data_dir or config.get("data_dir"),
                          opset=opset, input_name=input_name, output_name=output_name)
     copy_checkpoint(source, out_path.with_name("model.keras"))

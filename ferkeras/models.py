@@ -366,13 +366,28 @@ def load_legacy_weights(model, path, allow_partial=False):
     return f"{path}: {load_legacy_h5(model, path, allow_partial=allow_partial)}"
 
 
-def _load_keras_file_by_name(model, path, allow_partial):
-    import_face_backbones()  # a SeNet50 or FaceNet file needs their layers registered
+def load_model_file(path, compile=False):
+    """keras.saving.load_model for a ferkeras .keras file (a checkpoint or an export), with one-line errors.
+
+    Registers every ferkeras custom layer first (FaceNet's lives in its backbone module), so a
+    checkpoint of any backbone loads; `compile=True` restores the optimiser state for --resume.
+    """
+    import_face_backbones()
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file; give a .keras checkpoint or a .onnx export")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a .keras model (a .keras file is a zip archive); give a checkpoint "
+                        "saved by train.py")
     try:
-        saved = keras.saving.load_model(path, compile=False)
-    except (ValueError, OSError, TypeError, KeyError, zipfile.BadZipFile) as exc:
-        raise UserError(f"--weights {path}: cannot load it as a Keras model ({_first_line(exc)[:160]}); "
-                        "give a .keras file saved by ferkeras or Keras 3") from None
+        return keras.saving.load_model(path, compile=compile)
+    except (ValueError, OSError, TypeError, KeyError) as exc:
+        raise UserError(f"{path}: cannot load it as a Keras model ({_first_line(exc)[:160]}); give a "
+                        ".keras file saved by train.py") from None
+
+
+def _load_keras_file_by_name(model, path, allow_partial):
+    saved = load_model_file(path)
     saved_layers = {layer.name: layer for layer in saved.layers}
     loaded, unmatched = 0, []
     for layer in _layers_with_weights(model):

@@ -24,7 +24,7 @@ from .config import read_config, save_config
 from .data import load_labelled, resolve_data_dir, summary_line
 from .errors import UserError, atomic_path, write_text_atomic
 from .losses import loss_for_mode
-from .models import apply_freeze, build_model, freeze_summary
+from .models import apply_freeze, build_model, freeze_summary, load_model_file
 from .pipeline import FaceBatches, class_weight_vector
 from .plots import plot_training_curves
 
@@ -191,13 +191,14 @@ class RunRecorder(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         saved = []
+        # Serialise once (a ResNet50 with Adam state is ~280 MB); the best checkpoints are copies of it.
+        self._save_last()
         if logs.get("val_accuracy", -np.inf) > self.best_acc:
             self.best_acc, self.best_epoch = logs["val_accuracy"], epoch + 1
-            saved.append(self._save("best_acc"))
+            saved.append(self._copy_last("best_acc"))
         if logs.get("val_loss", np.inf) < self.best_loss:
             self.best_loss = logs["val_loss"]
-            saved.append(self._save("best_loss"))
-        self._save("last")
+            saved.append(self._copy_last("best_loss"))
         self._write_state(epoch + 1, finished=False)
         plot_training_curves(self.run_dir / "training.csv", self.run_dir / "curves.png", title=self.config["name"])
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -207,9 +208,16 @@ class RunRecorder(keras.callbacks.Callback):
               f"| lr {lr:.3g} | {time.time() - self.epoch_start:.0f}s"
               + (f" | saved {', '.join(saved)}" if saved else ""), flush=True)
 
-    def _save(self, which):
-        with atomic_path(self.run_dir / "checkpoints" / f"{which}.keras") as tmp:
+    def _checkpoint(self, which):
+        return self.run_dir / "checkpoints" / f"{which}.keras"
+
+    def _save_last(self):
+        with atomic_path(self._checkpoint("last")) as tmp:
             self.model.save(tmp)
+
+    def _copy_last(self, which):
+        with atomic_path(self._checkpoint(which)) as tmp:
+            shutil.copyfile(self._checkpoint("last"), tmp)
         return which
 
     def _write_state(self, epochs_done, finished):
@@ -254,7 +262,7 @@ def train(config, explicit=()):
     keras.utils.set_random_seed(config["seed"])
     train_data, (valid_x, valid_t) = load_data(config)
     if initial_epoch:
-        model = keras.saving.load_model(run_dir / "checkpoints" / "last.keras")
+        model = load_model_file(run_dir / "checkpoints" / "last.keras", compile=True)
         print(f"resuming {run_dir} after epoch {initial_epoch}")
     else:
         model = new_model(config)
