@@ -59,6 +59,19 @@ OPTIONS = (
     Option("augment", "crop_flip", "training augmentation: crop_flip = random resized crop (scale 0.8-1.0) + "
            "horizontal flip; ferplus adds shift/scale/rotation and brightness/contrast; none",
            choices=("none", "crop_flip", "ferplus"), group="data"),
+    Option("finetune_from", None, "start from this run's best checkpoint (runs/<name>) or a .keras file and "
+           "train on your own faces: --data_dir then holds images and a label.csv ('image,emotion' or "
+           "'image,' + 8 votes per row)", group="data"),
+    Option("holdout", 0.2, "--finetune_from: share of your faces kept out of training and scored before and after",
+           float, group="data"),
+    Option("mix_ferplus", 0.0, "--finetune_from: share of the training faces drawn from FER+ (from --ferplus_dir) "
+           "so the model does not forget it; 0 = your faces only", float, group="data"),
+    Option("ferplus_dir", None, "--finetune_from with --mix_ferplus: FER+ data (default: $FERKERAS_DATA, else data/)",
+           group="data"),
+    Option("no_detect", False, "--finetune_from: your images are already face crops; skip face detection", bool,
+           group="data"),
+    Option("min_face", 48, "--finetune_from: smallest face side, in pixels, that detection looks for", int,
+           group="data"),
     Option("train_limit", 0, "use only this many training faces (a seeded random subset; 0 = all)", int, group="data"),
     Option("valid_limit", 0, "use only this many validation faces (0 = all)", int, group="data"),
     # model
@@ -71,6 +84,13 @@ OPTIONS = (
     Option("dropout_rate", 0.3, "dropout before the final Dense(8)", float, group="model"),
     Option("freeze_before", 0, "freeze layers of the full model: N<0 freezes all but the last |N| layers, N>0 "
            "freezes the first N, 0 freezes nothing (frozen BatchNorm stays in inference mode)", int, group="model"),
+    Option("cache_frozen", False, "compute the frozen prefix (--freeze_before) once per augmentation view and train "
+           "only the trainable suffix on the cached outputs: many times faster when most layers are frozen", bool,
+           group="model"),
+    Option("cache_views", 4, "--cache_frozen: views cached per training face: the face, its mirror, and "
+           "cache_views-2 random crops (crop_flip); each epoch draws one view per face", int, group="model"),
+    Option("cache_ram_gb", 4.0, "--cache_frozen: a cache larger than this goes to a memory-mapped file in the "
+           "run folder (cache/) instead of RAM", float, group="model"),
     # optimisation
     Option("optimizer", "Adam", "optimizer", choices=("Adam", "SGD")),
     Option("init_lr", 1e-4, "initial learning rate", float),
@@ -87,9 +107,20 @@ OPTIONS = (
     Option("early_stopping_patience", 8, "stop after this many epochs without val_accuracy improvement (0 = never)", int),
     Option("class_weights", "published", "loss weight per class: 'published' (the FER+ ResNet50 recipe's "
            "list), 'balanced' (n / (8 * count) from the training targets), 'none', or 8 numbers", _class_weights),
+    # devices and speed (ferkeras/distribute.py)
+    Option("strategy", "auto", "none: one device; mirrored: one replica per GPU of this machine; multiworker: "
+           "several machines, each started with its TF_CONFIG; auto: mirrored when several GPUs are visible, else "
+           "none. --batch_size is the global batch; the learning rate is not scaled for you",
+           choices=("auto", "none", "mirrored", "multiworker"), group="devices"),
+    Option("mixed_precision", "none", "compute in float16 (GPUs, with dynamic loss scaling) or bfloat16 (recent "
+           "GPUs/TPUs, CPUs with AMX); variables, preprocessing and logits stay float32",
+           choices=("none", "float16", "bfloat16"), group="devices"),
+    Option("jit_compile", False, "XLA-compile the training step (torch.compile under KERAS_BACKEND=torch); "
+           "off by default: it was slower on a 2-core CPU", bool, group="devices"),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
-GROUP_TITLES = {"run": "run folder", "data": "data", "model": "model", "training": "optimisation"}
+GROUP_TITLES = {"run": "run folder", "data": "data", "model": "model", "training": "optimisation",
+                "devices": "devices and speed"}
 
 
 def build_parser(description=None):

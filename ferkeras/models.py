@@ -152,10 +152,12 @@ def build_model(model_name="ResNet50", weights="imagenet", image_size=None, drop
 
     backbone = _choose_backbone(model_name, weights)
     faces = keras.Input(shape=(None, None, 1), dtype="float32", name="faces")
-    x = FacePreprocess(image_size, backbone.preprocess, name="preprocess")(faces)
+    # Preprocessing and logits compute in float32 under --mixed_precision too: FaceNet's per-image
+    # standardisation sums ~77k values (beyond float16's range), and losses and exports want float32 logits.
+    x = FacePreprocess(image_size, backbone.preprocess, name="preprocess", dtype="float32")(faces)
     features = backbone.build(x)
     x = keras.layers.Dropout(dropout_rate, name="head_dropout")(features)
-    logits = keras.layers.Dense(NUM_CLASSES, name="logits")(x)
+    logits = keras.layers.Dense(NUM_CLASSES, name="logits", dtype="float32")(x)
     model = keras.Model(faces, logits, name=f"ferkeras_{model_name.lower()}")
 
     report = backbone.loaded

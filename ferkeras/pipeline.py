@@ -62,14 +62,18 @@ class FaceBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        faces = self.images[rows]
-        if self.augmenter is not None:
-            faces = self.augmenter(faces, np.random.default_rng([self.seed, self.epoch, index]))
-        x = faces.astype(np.float32)[..., None]
+        x = self.batch_inputs(rows, index)
         y = self.epoch_targets[rows]
         if self.class_weights is None:
             return x, y
         return x, y, y @ self.class_weights
+
+    def batch_inputs(self, rows, index):
+        """The model inputs of one batch: the faces of `rows`, augmented (subclasses feed other inputs)."""
+        faces = self.images[rows]
+        if self.augmenter is not None:
+            faces = self.augmenter(faces, np.random.default_rng([self.seed, self.epoch, index]))
+        return faces.astype(np.float32)[..., None]
 
     def on_epoch_end(self):
         self.epoch += 1

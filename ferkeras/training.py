@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from . import distribute, finetune, frozen_cache
 from .augment import build_augmenter
 from .config import read_config, save_config
 from .data import load_labelled, resolve_data_dir, summary_line
@@ -30,7 +31,7 @@ from .plots import plot_training_curves
 
 CHECKPOINTS = ("best_acc", "best_loss", "last")
 # Options that may change when a run is resumed; anything else would make a different experiment.
-RESUMABLE = ("nepochs", "early_stopping_patience", "output_dir", "data_dir")
+RESUMABLE = ("nepochs", "early_stopping_patience", "output_dir", "data_dir", "strategy")
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -96,7 +97,11 @@ def _truncate_history(csv_path, epochs_done):
 # ----------------------------------------------------------------------------- data
 
 def load_data(config):
-    """Training faces with targets of the chosen label mode; validation faces under the majority protocol."""
+    """Training faces with targets of the chosen label mode; validation faces under the majority protocol.
+
+    With --finetune_from: your faces, a held-out share of them as the validation split."""
+    if config.get("finetune_from"):
+        return finetune.load_finetune_data(config)
     data_dir = resolve_data_dir(config["data_dir"])
     train_x, train_t, train_summary = load_labelled(data_dir, "train", config["training_mode"])
     valid_x, valid_t, valid_summary = load_labelled(data_dir, "valid", "majority")
@@ -113,6 +118,17 @@ def _subset(images, targets, limit, rng):
         return images, targets
     rows = np.sort(rng.choice(len(images), size=limit, replace=False))
     return images[rows], targets[rows]
+
+
+def fit_inputs(config, model, train, valid, run_dir, epoch=0):
+    """(model to fit, training batches, validation data): the model itself on faces or, with
+    --cache_frozen, its trainable suffix on cached outputs of the frozen prefix (same weights)."""
+    if config["cache_frozen"]:
+        return frozen_cache.prepare(model, config, train, valid, run_dir, epoch,
+                                    class_weights=class_weight_vector(config["class_weights"], train[1]),
+                                    sample_targets=config["training_mode"] == "probability")
+    valid_x, valid_t = valid
+    return model, make_batches(config, train, epoch), (valid_x.astype(np.float32)[..., None], valid_t)
 
 
 def make_batches(config, train, epoch=0):
@@ -134,12 +150,18 @@ def build_optimizer(config):
 
 
 def new_model(config):
-    model = build_model(config["model_name"], weights=config["weights"],
-                        image_size=config["image_size"] or None, dropout_rate=config["dropout_rate"],
-                        allow_partial_weights=config["allow_partial_weights"])
+    """The configured model, frozen and compiled: built from --model_name, or loaded for --finetune_from."""
+    if config.get("finetune_from"):
+        source = finetune.finetune_source(config["finetune_from"])
+        print(f"fine-tuning {source}")
+        model = load_model_file(source)
+    else:
+        model = build_model(config["model_name"], weights=config["weights"],
+                            image_size=config["image_size"] or None, dropout_rate=config["dropout_rate"],
+                            allow_partial_weights=config["allow_partial_weights"])
     print(freeze_summary(apply_freeze(model, config["freeze_before"])))
     model.compile(optimizer=build_optimizer(config), loss=loss_for_mode(config["training_mode"]),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], **distribute.compile_options(config))
     return model
 
 
@@ -169,8 +191,10 @@ class RunRecorder(keras.callbacks.Callback):
     resumed run decays and stops exactly when the uninterrupted one would have.
     """
 
-    def __init__(self, run_dir, config, state, stateful_callbacks):
+    def __init__(self, run_dir, config, state, stateful_callbacks, full_model=None):
         super().__init__()
+        # With --cache_frozen, fit trains a suffix model; the checkpoints hold the whole model.
+        self.full_model = full_model
         self.run_dir, self.config = Path(run_dir), config
         self.stateful = stateful_callbacks
         self.best_acc = state.get("best_val_accuracy") or -np.inf
@@ -213,7 +237,7 @@ class RunRecorder(keras.callbacks.Callback):
 
     def _save_last(self):
         with atomic_path(self._checkpoint("last")) as tmp:
-            self.model.save(tmp)
+            (self.full_model or self.model).save(tmp)
 
     def _copy_last(self, which):
         with atomic_path(self._checkpoint(which)) as tmp:
@@ -237,12 +261,12 @@ def _plain(value):
     return None if value is None or not math.isfinite(value) else value
 
 
-def callbacks_for(config, run_dir, state):
+def callbacks_for(config, run_dir, state, model=None):
     stateful = {"lr_policy": lr_callback(config)}
     if config["early_stopping_patience"] > 0:
         stateful["early_stopping"] = keras.callbacks.EarlyStopping(
             monitor="val_accuracy", mode="max", patience=config["early_stopping_patience"], verbose=1)
-    recorder = RunRecorder(run_dir, config, state, stateful)
+    recorder = RunRecorder(run_dir, config, state, stateful, model)
     # The learning-rate callbacks add "learning_rate" to the epoch logs, so they run before the CSV logger.
     callbacks = [*stateful.values(), keras.callbacks.CSVLogger(str(run_dir / "training.csv"), append=True),
                  recorder]
@@ -255,31 +279,46 @@ def callbacks_for(config, run_dir, state):
 
 def train(config, explicit=()):
     """Train as configured; return a summary dict (run_dir, epochs, best_val_accuracy, ...)."""
-    config, run_dir, state = plan_run(dict(config), explicit)
+    placement = distribute.place_run(config)  # first: TensorFlow fixes devices and collectives at start-up
+    config, run_dir, state = plan_run(distribute.worker_config(dict(config), placement), explicit)
+    distribute.check_global_batch(config["batch_size"], placement)
     initial_epoch = state["epoch"]
     if initial_epoch >= config["nepochs"]:
         raise UserError(f"{run_dir}: already trained {initial_epoch} epochs; raise --nepochs to train further")
+    if config.get("finetune_from"):
+        finetune.finetune_source(config["finetune_from"])  # a wrong path fails before the data loads
     keras.utils.set_random_seed(config["seed"])
     train_data, (valid_x, valid_t) = load_data(config)
-    if initial_epoch:
-        model = load_model_file(run_dir / "checkpoints" / "last.keras", compile=True)
-        print(f"resuming {run_dir} after epoch {initial_epoch}")
-    else:
-        model = new_model(config)
-        create_run_dir(config, run_dir)
-    callbacks, recorder = callbacks_for(config, run_dir, state)
+    print(distribute.describe(placement, config))
+    # Variables (model, optimiser, metrics) must be made under the strategy and the dtype policy.
+    with placement.scope(), distribute.precision_policy(config):
+        if initial_epoch:
+            model = load_model_file(run_dir / "checkpoints" / "last.keras", compile=True)
+            print(f"resuming {run_dir} after epoch {initial_epoch}")
+        else:
+            model = new_model(config)
+            create_run_dir(config, run_dir)
+        fit_model, batches, valid_data = fit_inputs(config, model, train_data, (valid_x, valid_t), run_dir,
+                                                    initial_epoch)
+        batches = distribute.prepare_fit(fit_model, batches, placement)
+    callbacks, recorder = callbacks_for(config, run_dir, state, model)
+    before = finetune.accuracy_before(model, (valid_x, valid_t), run_dir) if config.get("finetune_from") else None
     print(f"run folder: {run_dir}")
     try:
-        history = model.fit(make_batches(config, train_data, epoch=initial_epoch),
-                            validation_data=(valid_x.astype(np.float32)[..., None], valid_t),
-                            validation_batch_size=max(config["batch_size"], 64),
-                            epochs=config["nepochs"], initial_epoch=initial_epoch,
-                            callbacks=callbacks, verbose=1)
+        history = fit_model.fit(batches, validation_data=valid_data,
+                                validation_batch_size=max(config["batch_size"], 64),
+                                epochs=config["nepochs"], initial_epoch=initial_epoch,
+                                callbacks=callbacks, verbose=1)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: python train.py --name {config['name']} "
               f"--output_dir {config['output_dir']} --resume")
         raise
     epochs_done = initial_epoch + len(history.history.get("loss", []))
     recorder.finish(epochs_done)
-    return {"run_dir": str(run_dir), "epochs": epochs_done, "best_val_accuracy": recorder.best_acc,
-            "best_epoch": recorder.best_epoch, "best_val_loss": recorder.best_loss}
+    placement.release()
+    summary = {"run_dir": str(run_dir), "epochs": epochs_done, "best_val_accuracy": recorder.best_acc,
+               "best_epoch": recorder.best_epoch, "best_val_loss": recorder.best_loss}
+    if before is not None:
+        after = finetune.holdout_accuracy(model, (valid_x, valid_t))
+        summary["finetune"] = finetune.record(run_dir, config["finetune_from"], before, after, (valid_x, valid_t))
+    return summary

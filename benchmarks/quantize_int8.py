@@ -1,0 +1,116 @@
+"""int8 static quantization of an exported model: the float / int8 table, and the settings compared.
+
+    python benchmarks/quantize_int8.py --onnx runs/<name>/model.onnx --data_dir PATH
+    python benchmarks/quantize_int8.py --onnx runs/<name>/model.onnx --data_dir PATH --compare_settings
+
+The first form does what `export.py --model M.onnx --quantize int8` does: writes <name>.int8.onnx and
+quantization.json beside the float file and prints size, latency at batch 1, throughput at batch 64
+and validation accuracy of both. --compare_settings also quantizes with each alternative
+quantize_static setting (format, activation / weight types, per-channel weights, calibration method)
+into a scratch folder, times all of them in alternating rounds with the float model, and writes
+quantization_settings.json beside the float file: how the default was chosen.
+"""
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ferkeras  # noqa: E402,F401
+from ferkeras.errors import UserError, run_cli, write_text_atomic  # noqa: E402
+from ferkeras.quantize import DEFAULT_CALIBRATION_FACES, SPEED_ROUNDS  # noqa: E402
+
+
+def alternatives():
+    """name -> (calibration method, per_channel, quantize_static overrides); the first is the default."""
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    return {
+        "QDQ U8S8 per-tensor minmax (default)": ("minmax", False, {}),
+        "QDQ U8S8 per-tensor entropy": ("entropy", False, {}),
+        "QDQ U8S8 per-tensor percentile": ("percentile", False, {}),
+        "QDQ U8S8 per-channel 7-bit minmax": ("minmax", True, {}),
+        "QDQ U8S8 per-channel 8-bit minmax": ("minmax", True, {"reduce_range": False}),
+        "QOperator U8S8 per-tensor minmax": ("minmax", False, {"quant_format": QuantFormat.QOperator}),
+        "QDQ S8S8 per-tensor minmax": ("minmax", False, {"activation_type": QuantType.QInt8}),
+        "QDQ U8U8 per-tensor minmax": ("minmax", False, {"weight_type": QuantType.QUInt8}),
+    }
+
+
+def compare_settings(float_path, data_dir, calibration_count, rounds):
+    """Quantize with every alternative, then time them all with the float model; return the rows."""
+    from tqdm import tqdm
+
+    from ferkeras.contract import to_contract_input
+    from ferkeras.evaluation import load_eval_split
+    from ferkeras.quantize import calibration_faces, compare_speed, quantize_int8, top1_agreement, valid_metrics
+
+    faces, labels, vote_dist = load_eval_split(data_dir, "valid")
+    eval_input = to_contract_input(faces)
+    calibration = calibration_faces(data_dir, calibration_count)
+    rows, paths, float_logits = {}, {"float": float_path}, None
+    with tempfile.TemporaryDirectory(prefix="ferkeras-int8-settings-") as work:
+        for index, (name, (method, per_channel, overrides)) in enumerate(tqdm(alternatives().items(),
+                                                                               desc="quantizing", unit="setting")):
+            path = Path(work) / f"setting{index}.onnx"
+            start = time.perf_counter()
+            result = quantize_int8(float_path, path, calibration, eval_input, method, per_channel,
+                                   min_agreement=0.0, overrides=overrides, float_logits=float_logits)
+            float_logits = result["float_logits"]
+            rows[name] = {"quantize_seconds": time.perf_counter() - start, "size_bytes": path.stat().st_size,
+                          "top1_agreement": top1_agreement(float_logits, result["int8_logits"]),
+                          "valid": valid_metrics(result["int8_logits"], labels, vote_dist)}
+            paths[name] = path
+        rows["float"] = {"size_bytes": Path(float_path).stat().st_size, "top1_agreement": 1.0,
+                         "valid": valid_metrics(float_logits, labels, vote_dist)}
+        print(f"timing {len(paths)} models in {rounds} alternating rounds ...", flush=True)
+        speed = compare_speed(paths, eval_input, rounds=rounds)
+    for name in rows:
+        rows[name].update(speed[name])
+    return {"calibration_faces": calibration_count, "valid_faces": int(len(labels)), "rounds": rounds,
+            "settings": rows}
+
+
+def format_settings(report):
+    lines = [f"{'setting':<38} {'MB':>6} {'ms b1':>7} {'img/s b64':>9} {'valid acc':>9} {'agree':>7} {'quant s':>7}"]
+    for name, row in report["settings"].items():
+        seconds = f"{row['quantize_seconds']:.0f}" if "quantize_seconds" in row else "-"
+        lines.append(f"{name:<38} {row['size_bytes'] / 1e6:>6.1f} {row['latency_ms_batch1']:>7.2f} "
+                     f"{row['throughput_batch64']:>9.0f} {row['valid']['accuracy']:>9.2%} "
+                     f"{row['top1_agreement']:>7.2%} {seconds:>7}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--onnx", required=True, help="the float contract model (model.onnx of export.py)")
+    parser.add_argument("--data_dir", required=True, help="FER+ data: train faces calibrate, valid faces score")
+    parser.add_argument("--out", help="int8 file (default: <name>.int8.onnx beside --onnx)")
+    parser.add_argument("--calibration_faces", type=int, default=DEFAULT_CALIBRATION_FACES,
+                        help=f"training faces for calibration (default: {DEFAULT_CALIBRATION_FACES})")
+    parser.add_argument("--compare_settings", action="store_true",
+                        help="also compare the alternative quantize_static settings (writes "
+                             "quantization_settings.json beside --onnx; takes minutes)")
+    parser.add_argument("--rounds", type=int, default=SPEED_ROUNDS,
+                        help=f"alternating timing rounds for --compare_settings (default: {SPEED_ROUNDS}; "
+                             "10 latency calls and one batch of 64 per model and round)")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        raise UserError(f"--rounds: expected at least 1, got {args.rounds}")
+    from ferkeras.quantize import quantize_command
+
+    quantize_command(args.onnx, out=args.out, data_dir=args.data_dir, calibration_faces_count=args.calibration_faces)
+    if args.compare_settings:
+        report = compare_settings(Path(args.onnx), args.data_dir, args.calibration_faces, args.rounds)
+        print(format_settings(report))
+        json_path = Path(args.onnx).parent / "quantization_settings.json"
+        write_text_atomic(json_path, json.dumps(report, indent=2))
+        print(f"wrote {json_path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

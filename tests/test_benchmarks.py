@@ -1,0 +1,240 @@
+"""The benchmark scripts: FLOP counting against hand-computed numbers, the arithmetic of their reports, and
+each script run end to end with tiny settings on real faces (figures are not asserted: they are timings)."""
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ferkeras
+
+keras = ferkeras.import_keras_quietly()
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = "VGG13@16"  # the smallest model train.py builds: seconds per run on 2 cores
+
+
+def load_script(name):
+    """Import benchmarks/<name>.py as a module (the folder is scripts, not a package)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+common = load_script("common")
+train_speed = load_script("train_speed")
+
+
+def tiny_model():
+    """8x8x1 -> conv 3x3 to 4 (same) -> depthwise 3x3 stride 2 -> separable 3x3 to 6 (valid) -> 1x1 conv
+    to 6 in 2 groups -> batch norm -> flatten -> dense 5. Multiply-adds per image, by hand:
+      conv       8*8 positions * 3*3*1*4               = 2304
+      depthwise  4*4 positions * 3*3*4                 =  576
+      separable  2*2 positions * (3*3*4 + 1*1*4*6)     =  240
+      grouped    2*2 positions * 1*1*(6/2)*6           =   72
+      dense      24 inputs * 5                         =  120
+    """
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", name="depthwise")(x)
+    x = keras.layers.SeparableConv2D(6, 3, padding="valid", name="separable")(x)
+    x = keras.layers.Conv2D(6, 1, groups=2, name="grouped")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(5, name="dense")(x)
+    return keras.Model(inputs, outputs)
+
+
+HAND_MACS = {"conv": 2304, "depthwise": 576, "separable": 240, "grouped": 72, "bn": 0, "dense": 120}
+
+
+def test_layer_macs_match_hand_counts():
+    model = tiny_model()
+    counted = {layer.name: common.layer_macs(layer) for layer in model.layers if layer.name in HAND_MACS}
+    assert counted == HAND_MACS
+    assert common.forward_flops(model) == 2 * sum(HAND_MACS.values()) == 6624
+
+
+def test_transposed_convolution_counts_input_positions():
+    inputs = keras.Input((4, 4, 2))
+    up = keras.layers.Conv2DTranspose(3, 2, strides=2, name="up")
+    model = keras.Model(inputs, up(inputs))
+    # 4*4 input positions, each scattering a 2x2x(2->3) kernel of 24 multiply-adds: the 8x8 output has
+    # exactly one contribution per output value and input channel.
+    assert common.layer_macs(up) == 16 * 24 == 8 * 8 * 3 * 2
+    assert common.forward_flops(model) == 768
+
+
+def test_training_flops_follow_the_freezing_convention():
+    model = tiny_model()
+    assert common.training_flops(model) == 3 * 6624
+    model.get_layer("conv").trainable = False  # a frozen prefix runs forward only
+    assert common.training_flops(model) == 2 * (2304 + 3 * (576 + 240 + 72 + 120))
+    model.get_layer("conv").trainable = True
+    model.get_layer("dense").trainable = False  # frozen after a trainable layer: its input gradient remains
+    assert common.training_flops(model) == 2 * (3 * (2304 + 576 + 240 + 72) + 2 * 120)
+
+
+def test_flops_of_a_ferkeras_model_agree_with_tensorflows_profiler():
+    from ferkeras.models import build_model
+
+    model = build_model("VGG13", weights="none", image_size=32)
+    profiled = common.profiler_flops(model, (48, 48))
+    assert profiled["Conv2D"] + profiled["MatMul"] == common.forward_flops(model)
+    # What the convention leaves out (bias, resize arithmetic, pooling...) is small.
+    assert sum(profiled.values()) < 1.01 * common.forward_flops(model)
+
+
+def test_an_unfixed_image_size_is_refused():
+    inputs = keras.Input((None, None, 1))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="conv")(inputs))
+    with pytest.raises(ferkeras.errors.UserError, match="conv.*not fixed"):
+        common.forward_flops(model)
+
+
+def test_matmul_rate_is_a_rate_of_2n3_flops(monkeypatch):
+    import time
+
+    wall = iter(np.arange(0, 100, 0.5))  # every timed product takes exactly 0.5 s of wall time
+    cpu = iter(np.arange(0, 100, 0.8))  # and 0.8 s of CPU time (its threads share cores with others)
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(wall)))
+    monkeypatch.setattr(time, "process_time", lambda: float(next(cpu)))
+    per_wall_s, per_cpu_s = common.matmul_rate(n=64, warmup=1, repeats=3)
+    assert per_wall_s == pytest.approx(2 * 64 ** 3 / 0.5 / 1e9)
+    assert per_cpu_s == pytest.approx(2 * 64 ** 3 / 0.8 / 1e9)
+
+
+def test_config_specs():
+    assert train_speed.parse_spec("ResNet50@64:-51") == ("ResNet50", 64, -51)
+    assert train_speed.parse_spec("FaceNet") == ("FaceNet", 0, 0)
+    assert train_speed.parse_spec("VGG13:3") == ("VGG13", 0, 3)
+    with pytest.raises(ferkeras.errors.UserError, match="MODEL"):
+        train_speed.parse_spec("ResNet50@big")
+
+
+def test_epoch_figures_and_rates_from_a_timeline():
+    # Epoch 1 ends at t=10; epoch 2 begins at 10.5, steps end at 12, 13, 14, 15, validation runs 15-16,
+    # the epoch-end callbacks end at 17. CPU time runs at twice the wall clock (2 busy cores) from 100.
+    def marks(**wall):
+        return {**wall, **{f"cpu_{name}": 100 + 2 * t for name, t in wall.items()}}
+
+    def steps(*ends):
+        return {"batch_ends": list(ends), "cpu_batch_ends": [100 + 2 * t for t in ends]}
+
+    record = [{**steps(5.0), **marks(begin=0.0, test_begin=6.0, test_end=9.0, end=10.0)},
+              {**steps(12.0, 13.0, 14.0, 15.0), **marks(begin=10.5, test_begin=15.0, test_end=16.0, end=17.0)}]
+    epoch = train_speed.epoch_figures(record, batch_size=10)
+    assert epoch == {"steps": 4, "gap_before_epoch_s": 0.5, "first_step_s": 1.5, "step_median_s": 1.0,
+                     "train_s": 4.5, "validation_s": 1.0, "epoch_end_callbacks_s": 1.0, "epoch_wall_s": 6.5,
+                     "train_images": 40, "cpu_step_median_s": 2.0, "cpu_train_s": 9.0, "cpu_validation_s": 2.0, "cpu_epoch_s": 13.0,
+                     "cpu_cycle_s": 14.0}
+    row = {**epoch, "batch_size": 10, "bare_step_s": 1.0, "bare_step_cpu_s": 1.5, "valid_images": 5,
+           "training_gflop": 3.0, "forward_gflop": 1.0, "matmul_bare_gflops": 60.0, "matmul_e2e_gflops": 50.0,
+           "matmul_bare_gflop_per_cpu_s": 40.0, "matmul_e2e_gflop_per_cpu_s": 30.0}
+    rates = train_speed.rates(row)
+    assert rates["bare_img_s"] == 10.0
+    assert rates["bare_fraction"] == pytest.approx(10 * 3.0 / 60)
+    # 40 training images x 3 GFLOP + 5 validation images x 1 GFLOP over 7 s (gap + epoch), against 50.
+    assert rates["e2e_fraction"] == pytest.approx((40 * 3 + 5) / 7 / 50)
+    assert rates["e2e_img_s"] == pytest.approx(40 / 7)
+    # Beyond 4 one-second steps and 1 s of validation, the 7 s cycle spent 2 s once per epoch.
+    assert rates["fixed_per_epoch_s"] == pytest.approx(2.0)
+    assert rates["epoch_vs_steps"] == pytest.approx((6.5 - 1) / 4)
+    full_steps = math.ceil(25045 / 10)
+    full_s = full_steps * 1.0 + 1.0 * 3191 / 5 + 2.0
+    assert rates["full_epoch_projected_s"] == pytest.approx(full_s)
+    assert rates["full_epoch_fraction"] == pytest.approx((25045 * 3 + 3191) / full_s / 50)
+    assert rates["bare_cpu_fraction"] == pytest.approx(10 * 3.0 / 1.5 / 40)
+    assert rates["e2e_cpu_fraction"] == pytest.approx((40 * 3 + 5) / 14 / 30)
+    assert rates["epoch_cpu_vs_steps"] == pytest.approx((13 - 2) / (4 * 1.5))
+    assert rates["loop_cpu_per_step_s"] == pytest.approx(2.0 - 1.5)
+    assert rates["cpu_fixed_per_epoch_s"] == pytest.approx(14 - 4 * 2.0 - 2.0)
+
+
+def test_format_table():
+    table = common.format_table((("name", "a", None), ("rate", "b", "{:.1f}")), [{"a": "x", "b": 2.25}, {"a": "y"}])
+    assert table.splitlines() == ["| name | rate |", "|---|---|", "| x | 2.2 |", "| y |  |"]
+
+
+# ----------------------------------------------------------------------------- the scripts, tiny settings
+
+@pytest.fixture(scope="module")
+def train_report(small_ferplus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "train_speed.json"
+    train_speed.main(["--data_dir", str(small_ferplus), "--configs", TINY, "--batch_size", "8",
+                      "--step_seconds", "0", "--epoch_seconds", "0", "--min_epoch_steps", "3",
+                      "--matmul_size", "256", "--matmul_repeats", "1", "--out", str(out)])
+    return json.loads(out.read_text())
+
+
+def test_train_speed_runs_train_py_and_reports_every_figure(train_report):
+    (row,) = train_report["results"]
+    assert train_report["benchmark"] == "train_speed" and TINY in train_report["command"]
+    assert row["config"] == TINY and row["steps"] == 3 and row["train_images"] == 24
+    assert row["valid_images"] == round(24 * 3191 / 25045)
+    assert row["bare_steps_timed"] == 3 and len(row["matmul_gflops_before_between_after"]) == 3
+    # The whole model is trainable, so training FLOPs are 3x forward.
+    assert row["training_gflop"] == pytest.approx(3 * row["forward_gflop"])
+    assert 0 < row["train_s"] <= row["epoch_wall_s"]
+    assert row["epoch_wall_s"] >= row["validation_s"] + row["epoch_end_callbacks_s"]
+    assert 0 < row["cpu_validation_s"] < row["cpu_epoch_s"] < row["cpu_cycle_s"]
+    for key in ("bare_fraction", "e2e_fraction", "full_epoch_fraction", "epoch_vs_steps", "bare_img_s",
+                "bare_cpu_fraction", "e2e_cpu_fraction", "epoch_cpu_vs_steps"):
+        assert math.isfinite(row[key]) and row[key] > 0
+    assert row["load_before"] >= 0 and row["load_after"] >= 0
+
+
+def test_pipeline_speed_compares_with_the_training_step(small_ferplus, train_report, tmp_path):
+    pipeline_speed = load_script("pipeline_speed")
+    train_json = tmp_path / "train.json"
+    train_json.write_text(json.dumps(train_report))
+    out = tmp_path / "pipeline.json"
+    pipeline_speed.main(["--data_dir", str(small_ferplus), "--recipes", "crop_flip", "ferplus", "--batch_size", "8",
+                         "--seconds", "0", "--max_batches", "3", "--step_config", TINY, "--train_json",
+                         str(train_json), "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [row["augment"] for row in rows] == ["crop_flip", "ferplus"]
+    step_img_s = train_report["results"][0]["bare_img_s"]
+    for row in rows:
+        assert row["batches"] == 2 and row["step_img_s"] == step_img_s  # at least 2 batches, whatever the time
+        assert row["headroom"] == pytest.approx(row["pipeline_img_s"] / step_img_s)
+
+
+def test_pipeline_speed_refuses_a_report_without_the_config(small_ferplus, train_report, tmp_path):
+    pipeline_speed = load_script("pipeline_speed")
+    train_json = tmp_path / "train.json"
+    train_json.write_text(json.dumps(train_report))
+    with pytest.raises(ferkeras.errors.UserError, match="no row for 'ResNet50@64'"):
+        pipeline_speed.main(["--data_dir", str(small_ferplus), "--recipes", "none", "--max_batches", "2",
+                             "--train_json", str(train_json), "--out", str(tmp_path / "p.json")])
+
+
+def test_export_time_then_inference_speed(small_ferplus, tmp_path):
+    export_time = load_script("export_time")
+    inference_speed = load_script("inference_speed")
+    exports = tmp_path / "exports"
+    export_time.main(["--data_dir", str(small_ferplus), "--configs", TINY, "--out_dir", str(exports),
+                      "--out", str(tmp_path / "export.json")])
+    (row,) = json.loads((tmp_path / "export.json").read_text())["results"]
+    assert row["export_s"] > row["parity_s"] > 0 and row["max_softmax_diff"] < 1e-4
+    folder = Path(row["folder"])
+    assert sorted(p.name for p in folder.iterdir()) == ["model.keras", "model.onnx"]
+
+    inference_speed.main(["--run", str(folder), "--data_dir", str(small_ferplus), "--repeats", "1",
+                          "--eval_faces", "40"])
+    report = json.loads((folder / "inference_speed.json").read_text())
+    assert [r["runtime"] for r in report["results"]] == ["onnxruntime", "keras"]
+    assert all(r["eval_faces"] == 40 and r["eval_img_s"] > 0 for r in report["results"])
+    assert report["onnx_batch64_img_s"] == report["results"][0]["batch64_img_s"]
+
+
+def test_inference_speed_names_a_missing_export(small_ferplus, tmp_path):
+    inference_speed = load_script("inference_speed")
+    with pytest.raises(ferkeras.errors.UserError, match="model.onnx: not found"):
+        inference_speed.main(["--run", str(tmp_path), "--data_dir", str(small_ferplus)])
