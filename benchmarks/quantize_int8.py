@@ -11,15 +11,14 @@ into a scratch folder, times all of them in alternating rounds with the float mo
 quantization_settings.json beside the float file: how the default was chosen.
 """
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import ferkeras  # noqa: E402,F401
-from ferkeras.errors import UserError, run_cli, write_text_atomic  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (puts the repository on sys.path and sets TensorFlow's environment)
+from ferkeras.errors import UserError, run_cli  # noqa: E402
 from ferkeras.quantize import DEFAULT_CALIBRATION_FACES, SPEED_ROUNDS  # noqa: E402
 
 
@@ -29,7 +28,7 @@ def alternatives():
 
     return {
         "QDQ U8S8 per-tensor minmax (default)": ("minmax", False, {}),
-        "QDQ U8S8 per-tensor entropy": ("entropy", False, {}),
+        "QDQ U8S8 per-tensor entropy (= minmax)": ("entropy", False, {}),
         "QDQ U8S8 per-tensor percentile": ("percentile", False, {}),
         "QDQ U8S8 per-channel 7-bit minmax": ("minmax", True, {}),
         "QDQ U8S8 per-channel 8-bit minmax": ("minmax", True, {"reduce_range": False}),
@@ -43,14 +42,18 @@ def compare_settings(float_path, data_dir, calibration_count, rounds):
     """Quantize with every alternative, then time them all with the float model; return the rows."""
     from tqdm import tqdm
 
-    from ferkeras.contract import to_contract_input
+    from ferkeras.contract import ContractSession, to_contract_input
     from ferkeras.evaluation import load_eval_split
     from ferkeras.quantize import calibration_faces, compare_speed, quantize_int8, top1_agreement, valid_metrics
 
     faces, labels, vote_dist = load_eval_split(data_dir, "valid")
     eval_input = to_contract_input(faces)
     calibration = calibration_faces(data_dir, calibration_count)
-    rows, paths, float_logits = {}, {"float": float_path}, None
+    # Scored once up front, so that every setting's seconds cover the same work: quantize, then score Valid.
+    float_logits = ContractSession(float_path).logits(eval_input)
+    rows = {"float": {"size_bytes": Path(float_path).stat().st_size, "top1_agreement": 1.0,
+                      "valid": valid_metrics(float_logits, labels, vote_dist)}}
+    paths = {"float": float_path}
     with tempfile.TemporaryDirectory(prefix="ferkeras-int8-settings-") as work:
         for index, (name, (method, per_channel, overrides)) in enumerate(tqdm(alternatives().items(),
                                                                                desc="quantizing", unit="setting")):
@@ -58,28 +61,27 @@ def compare_settings(float_path, data_dir, calibration_count, rounds):
             start = time.perf_counter()
             result = quantize_int8(float_path, path, calibration, eval_input, method, per_channel,
                                    min_agreement=0.0, overrides=overrides, float_logits=float_logits)
-            float_logits = result["float_logits"]
             rows[name] = {"quantize_seconds": time.perf_counter() - start, "size_bytes": path.stat().st_size,
                           "top1_agreement": top1_agreement(float_logits, result["int8_logits"]),
                           "valid": valid_metrics(result["int8_logits"], labels, vote_dist)}
             paths[name] = path
-        rows["float"] = {"size_bytes": Path(float_path).stat().st_size, "top1_agreement": 1.0,
-                         "valid": valid_metrics(float_logits, labels, vote_dist)}
         print(f"timing {len(paths)} models in {rounds} alternating rounds ...", flush=True)
-        speed = compare_speed(paths, eval_input, rounds=rounds)
+        with common.LoadWindow() as load:
+            speed = compare_speed(paths, eval_input, rounds=rounds)
     for name in rows:
         rows[name].update(speed[name])
     return {"calibration_faces": calibration_count, "valid_faces": int(len(labels)), "rounds": rounds,
-            "settings": rows}
+            "timing_load": load.as_dict(), "settings": rows}
 
 
 def format_settings(report):
-    lines = [f"{'setting':<38} {'MB':>6} {'ms b1':>7} {'img/s b64':>9} {'valid acc':>9} {'agree':>7} {'quant s':>7}"]
+    lines = [f"{'setting':<38} {'MB':>6} {'ms b1':>7} {'img/s b64':>9} {'valid acc':>9} {'bal. acc':>8} "
+             f"{'agree':>7} {'quant s':>7}"]
     for name, row in report["settings"].items():
         seconds = f"{row['quantize_seconds']:.0f}" if "quantize_seconds" in row else "-"
         lines.append(f"{name:<38} {row['size_bytes'] / 1e6:>6.1f} {row['latency_ms_batch1']:>7.2f} "
                      f"{row['throughput_batch64']:>9.0f} {row['valid']['accuracy']:>9.2%} "
-                     f"{row['top1_agreement']:>7.2%} {seconds:>7}")
+                     f"{row['valid']['balanced_accuracy']:>8.2%} {row['top1_agreement']:>7.2%} {seconds:>7}")
     return "\n".join(lines)
 
 
@@ -107,9 +109,11 @@ def main(argv=None):
     if args.compare_settings:
         report = compare_settings(Path(args.onnx), args.data_dir, args.calibration_faces, args.rounds)
         print(format_settings(report))
-        json_path = Path(args.onnx).parent / "quantization_settings.json"
-        write_text_atomic(json_path, json.dumps(report, indent=2))
-        print(f"wrote {json_path}")
+        print(f"load average while timing (before / after): {report['timing_load']['load_before']:.1f} / "
+              f"{report['timing_load']['load_after']:.1f}")
+        common.write_report(Path(args.onnx).parent / "quantization_settings.json", "quantize_int8_settings",
+                            common.command_line("benchmarks/quantize_int8.py", argv), report.pop("settings"),
+                            extra=report)
 
 
 if __name__ == "__main__":

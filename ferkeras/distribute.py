@@ -223,15 +223,29 @@ def _patch_keras_fit(model, placement):
     def build_from_local_batch(iterator=None, data_batch=None):
         if data_batch is None and iterator is not None:
             for _, _, batches in iterator:
-                data_batch = tree.map_structure(spec_of_local_part, next(batches))
+                first = next(batches)
+                data_batch = tree.map_structure(spec_of_local_part, first)
                 break
+            if not announced:  # the training batches; later calls build for validation
+                announced.append(True)
+                _announce_split(strategy, first)
         with strategy.scope():
             model._symbolic_build(data_batch=data_batch)
 
+    announced = []
     model._maybe_symbolic_build = build_from_local_batch
     if placement.name == "multiworker":
         model.train_step = _logs_as_vectors(model.train_step)
         model.test_step = _logs_as_vectors(model.test_step)
+
+
+def _announce_split(strategy, batch):
+    """Print what each local replica really receives: the proof that a batch is split, not copied."""
+    from keras import tree
+
+    faces = strategy.experimental_local_results(tree.flatten(batch)[0])
+    print(f"first batch: {' + '.join(str(int(part.shape[0])) for part in faces)} faces on this worker's "
+          f"{len(faces)} replica{'s' if len(faces) > 1 else ''}", flush=True)
 
 
 def _logs_as_vectors(step):

@@ -40,7 +40,7 @@ def plain_model(*args, **kwargs):
 
 
 WORKER = r'''
-import json, sys
+import json, os, sys
 spec = json.loads(sys.argv[1])
 import ferkeras
 import tensorflow as tf
@@ -55,7 +55,8 @@ histories = {}
 for name, argv in spec["runs"].items():
     config, explicit = resolve(argv)
     result = training.train(config, explicit)
-    histories[name] = {"run_dir": result["run_dir"], "csv": open(result["run_dir"] + "/training.csv").read()}
+    if os.path.exists(result["run_dir"]):  # a non-chief worker's folder is gone
+        histories[name] = {"run_dir": result["run_dir"], "csv": open(result["run_dir"] + "/training.csv").read()}
 print("HISTORIES " + json.dumps(histories), flush=True)
 '''
 
@@ -97,10 +98,14 @@ def args(data_dir, output_dir, name, *extra):
 
 def assert_same_training(actual, expected):
     assert list(actual["epoch"]) == list(expected["epoch"])
+    # Measured gaps are below 4e-4 (a sum of two half-batch reductions rounds differently, and
+    # momentum carries that on); a wrong split (doubled gradients, skipped or repeated faces) moves
+    # the loss by more than the 2 epochs of training do here (~0.03). Near chance level, a face or
+    # two may flip its top class.
     for column in ("loss", "val_loss"):
-        assert np.allclose(actual[column], expected[column], rtol=1e-4), (column, actual, expected)
+        assert np.allclose(actual[column], expected[column], rtol=2e-3), (column, actual, expected)
     for column in ("accuracy", "val_accuracy"):
-        assert np.allclose(actual[column], expected[column], atol=1.5 / 64), (column, actual, expected)
+        assert np.allclose(actual[column], expected[column], atol=3 / 64), (column, actual, expected)
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +122,7 @@ def test_mirrored_on_two_devices_trains_like_one_device(one_device_and_mirrored)
     histories, out = one_device_and_mirrored
     assert "strategy: mirrored, 2 replicas over /device:CPU:0, /device:CPU:1; global batch 32 (16 per replica)" in out
     assert "strategy: none, 1 replica; global batch 32" in out
+    assert "first batch: 16 + 16 faces on this worker's 2 replicas" in out
     assert histories["one"]["loss"].iloc[-1] < histories["one"]["loss"].iloc[0]  # it did train
     assert_same_training(histories["mirrored"], histories["one"])
 
@@ -138,6 +144,9 @@ def test_multiworker_run_writes_one_checkpoint_set_and_resumes(small_ferplus, tm
     output_dir = tmp_path / "runs"
     first = args(small_ferplus, output_dir, "mw", "--strategy", "multiworker", "--nepochs", "1")
     chief_out, worker_out = [finish(p) for p in launch_workers(tmp_path, first, [free_port(), free_port()])]
+    for out in (chief_out, worker_out):
+        assert "strategy: multiworker, 2 replicas" in out
+        assert "first batch: 16 faces on this worker's 1 replica" in out  # each worker gets its half
     scratch = re.search(r"not the chief: writing to (\S+)", worker_out).group(1)
     assert not Path(scratch).exists()  # the non-chief's private folder is gone
     assert "not the chief" not in chief_out

@@ -31,12 +31,11 @@ def small_cnn(keras):
 
 
 @pytest.fixture(scope="module")
-def float_onnx(tmp_path_factory, small_ferplus):
-    """model.onnx of a small CNN fitted for a few epochs on real training faces."""
+def trained_cnn(small_ferplus):
+    """A small CNN fitted for a few epochs on real training faces."""
     import keras
 
     from ferkeras.data import load_labelled
-    from ferkeras.export import export_onnx
 
     faces, targets, _ = load_labelled(small_ferplus, "train", "majority")
     keras.utils.set_random_seed(3)
@@ -44,8 +43,17 @@ def float_onnx(tmp_path_factory, small_ferplus):
     model.compile(optimizer=keras.optimizers.Adam(3e-3),
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True))
     model.fit(faces[..., None].astype(np.float32), targets, batch_size=32, epochs=4, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def float_onnx(tmp_path_factory, trained_cnn, small_ferplus):
+    """model.onnx of `trained_cnn`, exported and parity-checked by ferkeras.export."""
+    from ferkeras.export import export_onnx
+
     path = tmp_path_factory.mktemp("float") / "model.onnx"
-    export_onnx(model, path, config={"model_name": "small_cnn"}, source="best_acc.keras", data_dir=small_ferplus)
+    export_onnx(trained_cnn, path, config={"model_name": "small_cnn"}, source="best_acc.keras",
+                data_dir=small_ferplus)
     return path
 
 
@@ -97,7 +105,7 @@ def test_int8_predictions_agree_with_float(float_onnx, quantized, valid_input):
     assert len(set(float_top)) >= 3  # the model tells faces apart, so agreement means something
     assert not np.allclose(float_logits, int8_logits)  # really quantized, not a copy
     agreement = (float_top == int8_top).mean()
-    assert agreement >= 0.85 and quantized["top1_agreement"] == pytest.approx(agreement)
+    assert agreement >= 0.9 and quantized["top1_agreement"] == pytest.approx(agreement)
     accuracy = {name: quantized[name]["valid"]["accuracy"] for name in ("float", "int8")}
     assert accuracy["float"] == pytest.approx((float_top == labels).mean())
     assert accuracy["int8"] == pytest.approx((int8_top == labels).mean())
@@ -136,8 +144,47 @@ def test_collapsed_calibration_is_refused_and_writes_nothing(float_onnx, valid_i
     blank = np.zeros((20, 48, 48), np.uint8)
     with pytest.raises(UserError, match=r"agrees with the float one on only .*nothing was written") as caught:
         quantize_int8(float_onnx, out, blank, valid_input[0])
-    assert "\n" not in str(caught.value) and "--calibration_method" in str(caught.value)
+    assert "\n" not in str(caught.value) and "--calibration_method percentile" in str(caught.value)
     assert not out.exists() and not (out.parent.exists() and list(out.parent.iterdir()))
+
+
+def test_percentile_per_channel_calibration(float_onnx, small_ferplus, valid_input, tmp_path):
+    from ferkeras.quantize import calibration_batch_size, calibration_faces, quantize_int8
+
+    # The histogram calibrators need equal batches: 60 faces go in two calls of 30.
+    assert [calibration_batch_size(n) for n in (500, 60, 97)] == [50, 30, 1]
+    assert calibration_batch_size(60, fixed_batch=1) == 1
+    out = tmp_path / "model.int8.onnx"
+    result = quantize_int8(float_onnx, out, calibration_faces(small_ferplus, 60), valid_input[0],
+                           method="percentile", per_channel=True)
+    assert result["agreement"] >= 0.9
+    note = {p.key: p.value for p in onnx.load(str(out)).metadata_props}["quantization"]
+    assert "per-channel 7-bit" in note and "percentile calibration on 60" in note
+    # Per-channel: the first convolution's weights carry one scale per output channel (32).
+    scales = [init for init in onnx.load(str(out)).graph.initializer
+              if init.name.endswith("_scale") and list(init.dims) == [32]]
+    assert scales
+
+
+def test_export_run_then_quantize(trained_cnn, small_ferplus, tmp_path):
+    import importlib.util
+
+    import yaml
+
+    run = tmp_path / "runs" / "cnn"
+    (run / "checkpoints").mkdir(parents=True)
+    trained_cnn.save(run / "checkpoints" / "best_acc.keras")
+    (run / "config.yaml").write_text(yaml.safe_dump({"name": "cnn", "model_name": "small_cnn",
+                                                     "data_dir": str(small_ferplus)}))
+    # In-process, so that TensorFlow (already loaded by the fixture) is not started again.
+    spec = importlib.util.spec_from_file_location("export_script", REPO / "export.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--run", str(run), "--quantize", "int8", "--calibration_faces", "40"])
+    assert {"model.onnx", "model.keras", "model.int8.onnx", "quantization.json"} <= {p.name for p in run.iterdir()}
+    metadata = {p.key: p.value for p in onnx.load(str(run / "model.int8.onnx")).metadata_props}
+    assert metadata["config.name"] == "cnn" and metadata["source_checkpoint"] == "best_acc.keras"
+    assert json.loads((run / "quantization.json").read_text())["calibration_faces"] == 40
 
 
 def test_cli_quantizes_an_existing_onnx(float_onnx, small_ferplus, tmp_path):
@@ -163,7 +210,8 @@ def test_cli_errors_are_one_line_and_write_nothing(float_onnx, small_ferplus, tm
     cases = ((["--model", tmp_path / "colour.onnx", "--quantize", "int8"], "expected one float32 input [N,1,64,64]"),
              (["--model", float_onnx, "--quantize", "fp16"], "--quantize: expected one of int8, got 'fp16'"),
              (["--model", float_onnx, "--quantize", "int8", "--calibration_faces", "0"], "--calibration_faces"),
-             (["--model", float_onnx, "--quantize", "int8", "--calibration_method", "kl"], "--calibration_method"),
+             (["--model", float_onnx, "--quantize", "int8", "--calibration_method", "entropy"],
+              "--calibration_method: expected one of minmax, percentile"),
              (["--model", tmp_path / "absent.onnx", "--quantize", "int8"], "no such ONNX file"),
              (["--quantize", "int8", "--check_reference", tmp_path / "colour.onnx"], "nothing to quantize"))
     for args, fragment in cases:
