@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (puts the repository on sys.path and sets TensorFlow's environment)
+import ferkeras  # noqa: E402
 from ferkeras.errors import UserError, run_cli  # noqa: E402
 from ferkeras.quantize import DEFAULT_CALIBRATION_FACES, SPEED_ROUNDS  # noqa: E402
 
@@ -38,7 +39,7 @@ def alternatives():
     }
 
 
-def compare_settings(float_path, data_dir, calibration_count, rounds):
+def compare_settings(float_path, data_dir, calibration_count, rounds, threads):
     """Quantize with every alternative, then time them all with the float model; return the rows."""
     from tqdm import tqdm
 
@@ -67,10 +68,11 @@ def compare_settings(float_path, data_dir, calibration_count, rounds):
             paths[name] = path
         print(f"timing {len(paths)} models in {rounds} alternating rounds ...", flush=True)
         with common.LoadWindow() as load:
-            speed = compare_speed(paths, eval_input, rounds=rounds)
+            speed = compare_speed(paths, eval_input, rounds=rounds, threads=threads)
     for name in rows:
         rows[name].update(speed[name])
     return {"calibration_faces": calibration_count, "valid_faces": int(len(labels)), "rounds": rounds,
+            "threads": threads,
             "timing_load": load.as_dict(), "settings": rows}
 
 
@@ -100,15 +102,23 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=SPEED_ROUNDS,
                         help=f"alternating timing rounds for --compare_settings (default: {SPEED_ROUNDS}; "
                              "10 latency calls and one batch of 64 per model and round)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="onnxruntime intra-op threads while timing (default: 0, one per core; 1 is less "
+                             "swayed by other jobs on shared cores)")
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        raise UserError(f"--threads: expected 0 (one per core) or more, got {args.threads}")
     if args.rounds < 1:
         raise UserError(f"--rounds: expected at least 1, got {args.rounds}")
     from ferkeras.quantize import quantize_command
 
-    quantize_command(args.onnx, out=args.out, data_dir=args.data_dir, calibration_faces_count=args.calibration_faces)
+    quantize_command(args.onnx, out=args.out, data_dir=args.data_dir, calibration_faces_count=args.calibration_faces,
+                     threads=args.threads)
     if args.compare_settings:
-        report = compare_settings(Path(args.onnx), args.data_dir, args.calibration_faces, args.rounds)
+        report = compare_settings(Path(args.onnx), args.data_dir, args.calibration_faces, args.rounds,
+                                  args.threads)
         print(format_settings(report))
+        ferkeras.import_keras_quietly()  # the machine facts name the TensorFlow version
         print(f"load average while timing (before / after): {report['timing_load']['load_before']:.1f} / "
               f"{report['timing_load']['load_after']:.1f}")
         common.write_report(Path(args.onnx).parent / "quantization_settings.json", "quantize_int8_settings",

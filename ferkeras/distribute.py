@@ -38,6 +38,7 @@ class Placement:
     name: str  # resolved: none, mirrored or multiworker
     strategy: object = None  # a tf.distribute.Strategy, or None for Keras' default single device
     devices: tuple = ()
+    task: str = None  # multiworker: this process's TF_CONFIG task, e.g. "worker:1"
     chief: bool = True
     scratch: Path = None  # a non-chief worker's private output folder, deleted by `release`
     notes: list = field(default_factory=list)
@@ -124,7 +125,7 @@ def _multiworker(tf, config):
     tf_config = read_tf_config()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     task = tf_config["task"]
-    placement = Placement("multiworker", strategy, (f"{task['type']}:{task.get('index', 0)}",),
+    placement = Placement("multiworker", strategy, task=f"{task['type']}:{task.get('index', 0)}",
                           chief=is_chief_task(tf_config))
     if not placement.chief:
         placement.scratch = Path(tempfile.mkdtemp(prefix="ferkeras-worker-"))
@@ -174,6 +175,19 @@ def prepare_fit(model, batches, placement):
     if placement.replicas > 1 and len(batches.images) % batches.batch_size:
         return WholeBatches(batches)
     return batches
+
+
+def validation_batch_size(batch_size, faces, placement):
+    """The largest size up to `batch_size` whose last validation batch still gives every replica a face.
+
+    Validation must score every face, so its short last batch cannot be left out as in training, and a
+    replica with an empty share crashes oneDNN's CPU kernels. The size changes no score: the model
+    runs in inference mode.
+    """
+    size = batch_size
+    while size > placement.replicas and 0 < faces % size < placement.replicas:
+        size -= 1
+    return size
 
 
 class WholeBatches(keras.utils.PyDataset):
@@ -275,7 +289,8 @@ def describe(placement, config):
     replicas = placement.replicas
     per_replica = f" ({config['batch_size'] / replicas:g} per replica)" if replicas > 1 else ""
     where = f" over {', '.join(placement.devices)}" if placement.devices else ""
-    role = "" if placement.chief else f"; not the chief: writing to {placement.scratch}"
+    role = f"; this process is {placement.task}" if placement.task else ""
+    role += "" if placement.chief else f", not the chief: writing to {placement.scratch}"
     line = (f"strategy: {placement.name}, {replicas} replica{'s' if replicas > 1 else ''}{where}; global batch "
             f"{config['batch_size']}{per_replica}; precision {policy_name(config)}; "
             f"XLA {'on' if config.get('jit_compile') else 'off'}{role}")

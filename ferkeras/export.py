@@ -168,7 +168,11 @@ def export_onnx(model, out_path, config=None, source=None, faces=None, data_dir=
     """Convert, add metadata, verify parity and move the ONNX file into place; return a report dict."""
     import onnx
 
+    from .distribute import float32_model
+
     config = config or {}
+    # A mixed-precision checkpoint converts to a half-precision graph that misses the contract and parity.
+    model = float32_model(model)
     proto = convert_to_onnx(model, opset, input_name, output_name)
     add_metadata(proto, config, source, input_name, output_name)
     check_faces, origin = parity_faces(data_dir, faces)

@@ -79,7 +79,7 @@ def compile_suffix(model, suffix):
     """Compile the suffix with the model's own optimizer, loss and metric, so the model's checkpoint
     carries the optimizer state the suffix builds."""
     suffix.compile(optimizer=model.optimizer, loss=model.loss,
-                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=model.jit_compile)
     return suffix
 
 

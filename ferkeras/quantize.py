@@ -235,10 +235,11 @@ def quantize_int8(float_path, out_path, calibration, eval_input, method=DEFAULT_
 # ----------------------------------------------------------------------------- measuring
 
 def compare_speed(paths, contract_input, rounds=SPEED_ROUNDS, runs_per_round=LATENCY_RUNS_PER_ROUND,
-                  batch=THROUGHPUT_BATCH):
+                  batch=THROUGHPUT_BATCH, threads=0):
     """Latency at batch 1 (median of rounds x runs_per_round calls) and throughput at `batch` (median
-    over rounds) of each model, timed in alternating rounds after one warm-up call of each size."""
-    sessions = {name: ContractSession(path) for name, path in paths.items()}
+    over rounds) of each model, timed in alternating rounds after one warm-up call of each size.
+    `threads`: onnxruntime intra-op threads (0: its default, one per core)."""
+    sessions = {name: ContractSession(path, intra_threads=threads) for name, path in paths.items()}
     one, many = contract_input[:1], contract_input[:batch]
     for session in sessions.values():
         session.run_batch(one)
@@ -258,7 +259,7 @@ def compare_speed(paths, contract_input, rounds=SPEED_ROUNDS, runs_per_round=LAT
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {name: {"latency_ms_batch1": float(np.median(latencies[name]) * 1000), "load_average_1min": load,
                    "throughput_batch64": float(np.median(rates[name])),
-                   "latency_runs": len(latencies[name]), "throughput_batch": int(len(many))}
+                   "latency_runs": len(latencies[name]), "throughput_batch": int(len(many)), "threads": threads}
             for name in sessions}
 
 
@@ -269,14 +270,14 @@ def valid_metrics(logits, labels, vote_dist):
     return {key: metrics[key] for key in ("n", "accuracy", "balanced_accuracy", "macro_f1", "mean_kl")}
 
 
-def measure_pair(paths, logits, eval_faces):
+def measure_pair(paths, logits, eval_faces, threads=0):
     """Size, speed and validation metrics of both files.
 
     `paths` and `logits` map "float" / "int8" to the file and its scores of `eval_faces` = (faces,
     labels, vote dists).
     """
     faces, labels, vote_dist = eval_faces
-    speed = compare_speed(paths, to_contract_input(faces))
+    speed = compare_speed(paths, to_contract_input(faces), threads=threads)
     return {name: {"path": str(path), "size_bytes": Path(path).stat().st_size, **speed[name],
                    "valid": valid_metrics(logits[name], labels, vote_dist)}
             for name, path in paths.items()}
@@ -285,11 +286,11 @@ def measure_pair(paths, logits, eval_faces):
 # ----------------------------------------------------------------------------- the command
 
 def quantize_command(float_path, out=None, data_dir=None, calibration_faces_count=DEFAULT_CALIBRATION_FACES,
-                     method=DEFAULT_METHOD, per_channel=False, min_agreement=MIN_AGREEMENT):
+                     method=DEFAULT_METHOD, per_channel=False, min_agreement=MIN_AGREEMENT, threads=0):
     """What `export.py --quantize int8` does after the float export: write the int8 file (default
     <name>.int8.onnx beside the float one) and quantization.json beside it, print the side-by-side
     table; return the report. Calibration uses training faces of `data_dir`, the check and the scores
-    its validation faces."""
+    its validation faces. `threads`: onnxruntime threads for the timing (0: one per core)."""
     from .evaluation import load_eval_split
 
     check_calibration_options(calibration_faces_count, method)
@@ -314,7 +315,8 @@ def quantize_command(float_path, out=None, data_dir=None, calibration_faces_coun
               "top1_agreement": result["agreement"], "min_agreement": min_agreement,
               "quantize_and_check_seconds": seconds}
     report.update(measure_pair({"float": float_path, "int8": out_path},
-                               {"float": result["float_logits"], "int8": result["int8_logits"]}, eval_faces))
+                               {"float": result["float_logits"], "int8": result["int8_logits"]}, eval_faces,
+                               threads))
     json_path = out_path.parent / REPORT_NAME
     write_text_atomic(json_path, json.dumps(report, indent=2))
     print(format_quantization_report(report))

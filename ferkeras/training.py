@@ -306,7 +306,8 @@ def train(config, explicit=()):
     print(f"run folder: {run_dir}")
     try:
         history = fit_model.fit(batches, validation_data=valid_data,
-                                validation_batch_size=max(config["batch_size"], 64),
+                                validation_batch_size=distribute.validation_batch_size(
+                                    max(config["batch_size"], 64), len(valid_x), placement),
                                 epochs=config["nepochs"], initial_epoch=initial_epoch,
                                 callbacks=callbacks, verbose=1)
     except KeyboardInterrupt:

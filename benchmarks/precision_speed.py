@@ -1,0 +1,74 @@
+"""Seconds per ResNet50 training step under each --mixed_precision / --jit_compile setting.
+
+    python benchmarks/precision_speed.py --data_dir ../shared/data/ferplus          # the README table
+
+Each setting builds the model as train.py does (ferkeras.distribute's dtype policy and compile options,
+weights none) and times `train_on_batch` on one batch of real training faces, repeated: the first step
+(tracing, and XLA compilation where on) is reported apart, then one more warm-up step, then the mean of
+--steps steps. The load average is printed because neighbours' jobs skew such timings.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ferkeras  # noqa: E402  (sets TensorFlow's environment before it is imported)
+from ferkeras.errors import run_cli  # noqa: E402
+
+SETTINGS = (("none", False), ("bfloat16", False), ("float16", False), ("none", True), ("bfloat16", True))
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", default=None, help="FER+ data (default: $FERKERAS_DATA, else data/)")
+    parser.add_argument("--image_size", type=int, default=64, help="side the graph resizes faces to (default 64)")
+    parser.add_argument("--batch_size", type=int, default=32, help="faces per step (default 32)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per setting (default 5)")
+    return parser.parse_args(argv)
+
+
+def time_setting(precision, jit, faces, targets, image_size, steps):
+    import keras
+
+    from ferkeras import distribute
+    from ferkeras.losses import loss_for_mode
+    from ferkeras.models import build_model
+
+    config = {"mixed_precision": precision, "jit_compile": jit}
+    keras.utils.set_random_seed(0)
+    with distribute.precision_policy(config):
+        model = build_model("ResNet50", weights="none", image_size=image_size, dropout_rate=0.0)
+        model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss_for_mode("majority"),
+                      **distribute.compile_options(config))
+    start = time.perf_counter()
+    model.train_on_batch(faces, targets)
+    first = time.perf_counter() - start
+    model.train_on_batch(faces, targets)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(faces, targets)
+    step = (time.perf_counter() - start) / steps
+    return {"mixed_precision": precision, "jit_compile": jit, "first_step_s": round(first, 1),
+            "step_s": round(step, 3), "images_per_s": round(len(faces) / step, 1),
+            "load_average": round(os.getloadavg()[0], 1)}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ferkeras.import_keras_quietly()
+    import numpy as np
+
+    from ferkeras.data import load_split, resolve_data_dir
+
+    faces = load_split(resolve_data_dir(args.data_dir), "train").images[:args.batch_size]
+    faces = faces.astype(np.float32)[..., None]
+    targets = np.eye(8, dtype=np.float32)[np.arange(len(faces)) % 8]
+    for precision, jit in SETTINGS:
+        print(json.dumps(time_setting(precision, jit, faces, targets, args.image_size, args.steps)), flush=True)
+
+
+if __name__ == "__main__":
+    run_cli(main)
