@@ -238,3 +238,18 @@ def test_inference_speed_names_a_missing_export(small_ferplus, tmp_path):
     inference_speed = load_script("inference_speed")
     with pytest.raises(ferkeras.errors.UserError, match="model.onnx: not found"):
         inference_speed.main(["--run", str(tmp_path), "--data_dir", str(small_ferplus)])
+
+
+def test_stack_step_compares_models_of_the_same_arithmetic():
+    stack_step = load_script("stack_step")
+    theirs, their_input = stack_step.keras_resnet50(32)
+    ours, our_input = stack_step.ferkeras_resnet50(32, batch_size=2)
+    assert their_input == (32, 32, 3) and our_input == (48, 48, 1)
+    # Same convolutions and head: the fractions of the two rows are comparable image for image.
+    assert common.training_flops(ours) == pytest.approx(common.training_flops(theirs), rel=1e-9)
+
+
+def test_stack_step_refuses_impossible_settings():
+    stack_step = load_script("stack_step")
+    with pytest.raises(ferkeras.errors.UserError, match="--image_size: at least 32"):
+        stack_step.main(["--image_size", "16"])

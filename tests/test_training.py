@@ -57,6 +57,10 @@ def test_run_folder_holds_config_checkpoints_state_and_curves(trained_run):
     assert state["best_val_accuracy"] == pytest.approx(history["val_accuracy"].max())
     model = keras.saving.load_model(f"{run}/checkpoints/best_acc.keras")
     assert model.output_shape == (None, 8)
+    # best_acc is that epoch's file, although last.keras (which it may be linked to) was replaced since.
+    last = keras.saving.load_model(f"{run}/checkpoints/last.keras")
+    best_epoch = int(history["val_accuracy"].idxmax()) + 1
+    assert int(model.optimizer.iterations) * 8 == int(last.optimizer.iterations) * best_epoch
 
 
 def test_existing_run_is_refused_without_overwrite(small_ferplus, tmp_path, trained_run):
