@@ -245,8 +245,7 @@ class RunRecorder(keras.callbacks.Callback):
 
         last.keras is only ever replaced by a rename, never rewritten, so the link keeps this epoch's
         file; and the disk takes one checkpoint per epoch instead of up to three (ResNet50 with Adam's
-        state: 283 MB each), whose write-back otherwise stalls the next epoch's first steps.
-        """
+        state: 283 MB each)."""
         with atomic_path(self._checkpoint(which)) as tmp:
             try:
                 os.link(self._checkpoint("last"), tmp)
