@@ -9,8 +9,9 @@ nothing of ferkeras in it: no in-graph resize, grayscale to RGB or normalisation
 data pipeline. ferkeras' model is built as train.py builds it (`new_model`, every layer trainable).
 Both are timed with `train_on_batch` on one fixed batch (median of --steps after 2 warm-up steps),
 alternating, with the matrix-product rate taken before and after; FLOP conventions are in common.py.
-The gap between the two rows is what ferkeras' layers cost; the gap to train_speed.py's end-to-end
-figure is what its loop costs.
+The gap between the two rows bounds what ferkeras' layers cost (separate processes of the same step
+differ by up to ~20% on a 2-core machine: repeat before reading much into it); the gap to
+train_speed.py's end-to-end figure is what its loop costs.
 """
 import argparse
 import statistics
