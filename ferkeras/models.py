@@ -268,17 +268,21 @@ def build_vgg13(x):
     Four blocks of 3x3 ReLU convolutions (64,64 / 128,128 / 256,256,256 / 256,256,256), each followed by
     2x2 max-pooling and dropout 0.25, then two fully connected layers of 1024 with dropout 0.5 between
     them. The paper's last dropout (0.5) is the model head's `dropout_rate`.
+
+    Weights start from He initialisation (He et al. 2015, made for ReLU networks), not Keras' Glorot
+    default: with Glorot the signal shrinks by about a third at each of the 12 ReLU layers (logits std
+    2e-3 at the start), and on the full FER+ split the network stayed at the class prior for two epochs.
     """
     for block, (filters, convs) in enumerate(((64, 2), (128, 2), (256, 3), (256, 3)), start=1):
         for conv in range(1, convs + 1):
-            x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu",
+            x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer="he_normal",
                                     name=f"block{block}_conv{conv}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
         x = keras.layers.Dropout(0.25, name=f"block{block}_dropout")(x)
     x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(1024, activation="relu", name="fc1")(x)
+    x = keras.layers.Dense(1024, activation="relu", kernel_initializer="he_normal", name="fc1")(x)
     x = keras.layers.Dropout(0.5, name="fc1_dropout")(x)
-    return keras.layers.Dense(1024, activation="relu", name="fc2")(x)
+    return keras.layers.Dense(1024, activation="relu", kernel_initializer="he_normal", name="fc2")(x)
 
 
 def _resnet50_variant(weights):
