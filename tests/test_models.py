@@ -140,6 +140,15 @@ def test_vgg13_is_the_papers_network():
     assert rates == [0.25, 0.25, 0.25, 0.25, 0.5, 0.3]  # the last one is the head's dropout_rate
 
 
+def test_untrained_vgg13_passes_its_signal_through(vgg13):
+    """He initialisation keeps the untrained network's scale: with Glorot its logits had std 2e-3 on faces
+    (the signal shrank at each of the 12 ReLU layers) and full-split training stayed at the class prior."""
+    faces = np.random.default_rng(0).integers(0, 256, (16, 48, 48, 1)).astype(np.float32)
+    logits_model = keras.Model(vgg13.input, vgg13.get_layer("logits").output)
+    logits = keras.ops.convert_to_numpy(logits_model(faces, training=False))
+    assert 0.1 < logits.std() < 10, logits.std()
+
+
 def test_default_image_sizes():
     assert MODEL_NAMES == ("ResNet50", "SeNet50", "FaceNet", "VGG13")
     assert [default_image_size(name) for name in MODEL_NAMES] == [224, 224, 160, 64]
