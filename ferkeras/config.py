@@ -75,12 +75,13 @@ OPTIONS = (
     Option("train_limit", 0, "use only this many training faces (a seeded random subset; 0 = all)", int, group="data"),
     Option("valid_limit", 0, "use only this many validation faces (0 = all)", int, group="data"),
     # model
-    Option("model_name", "ResNet50", "backbone", choices=("ResNet50", "SeNet50", "FaceNet", "VGG13"), group="model"),
+    Option("model_name", "ResNet50", "backbone", choices=("ResNet50", "SeNet50", "FaceNet", "VGG13", "FerNetS", "FerNetM"),
+           group="model"),
     Option("weights", "imagenet", "imagenet | vggface2 | facenet | none | PATH to a .weights.h5, .keras or "
            "Keras-2 .h5 file", group="model"),
     Option("allow_partial_weights", False, "accept a weights file that covers only part of the backbone", bool, group="model"),
     Option("image_size", 0, "side the graph resizes faces to (0 = the backbone's default: 224 ResNet50/SeNet50, "
-           "160 FaceNet, 64 VGG13)", int, group="model"),
+           "160 FaceNet, 64 VGG13, 48 FerNetS/FerNetM)", int, group="model"),
     Option("dropout_rate", 0.3, "dropout before the final Dense(8)", float, group="model"),
     Option("freeze_before", 0, "freeze layers of the full model: N<0 freezes all but the last |N| layers, N>0 "
            "freezes the first N, 0 freezes nothing (frozen BatchNorm stays in inference mode)", int, group="model"),
@@ -92,9 +93,13 @@ OPTIONS = (
     Option("cache_ram_gb", 4.0, "--cache_frozen: a cache larger than this goes to a memory-mapped file in the "
            "run folder (cache/) instead of RAM", float, group="model"),
     # optimisation
-    Option("optimizer", "Adam", "optimizer", choices=("Adam", "SGD")),
+    Option("optimizer", "Adam", "optimizer; AdamW is Adam with decoupled weight decay (--weight_decay)",
+           choices=("Adam", "AdamW", "SGD")),
     Option("init_lr", 1e-4, "initial learning rate", float),
     Option("momentum", 0.9, "SGD momentum", float),
+    Option("weight_decay", 0.004, "AdamW: decoupled weight decay (Loshchilov & Hutter 2019)", float),
+    Option("warmup_epochs", 0, "raise the learning rate linearly, step by step, from near 0 to --init_lr over "
+           "this many epochs before the policy takes over (cosine then decays over the remaining epochs)", int),
     Option("batch_size", 32, "images per step", int),
     Option("nepochs", 30, "maximum number of epochs", int),
     Option("lr_policy", "plateau", "plateau: x plateau_factor when val_loss has not improved for plateau_patience "

@@ -108,6 +108,9 @@ MODEL_SPECS = {
     "SeNet50": ModelSpec(224, 32, ("vggface2",)),
     "FaceNet": ModelSpec(160, 75, ("facenet",)),
     "VGG13": ModelSpec(64, 16, ()),  # Barsoum et al. 2016 trained it from scratch on 64x64 faces
+    # Our compact family (backbones/compact.py), from scratch at the faces' own 48x48.
+    "FerNetS": ModelSpec(48, 16, ()),
+    "FerNetM": ModelSpec(48, 16, ()),
 }
 MODEL_NAMES = tuple(MODEL_SPECS)
 WEIGHT_NAMES = ("imagenet", "vggface2", "facenet", "none")
@@ -214,6 +217,9 @@ def _choose_backbone(model_name, weights):
     weights_file = weights if isinstance(weights, Path) else None
     if model_name == "VGG13":
         return Backbone("scale01", build_vgg13, weights_file)
+    if model_name.startswith("FerNet"):
+        compact = _face_backbone_module("compact")
+        return Backbone(compact.PREPROCESSING, compact.fernet_builder(model_name), weights_file)
     if model_name == "FaceNet":
         facenet = _face_backbone_module("facenet")
         if weights == "facenet":

@@ -147,6 +147,8 @@ def make_batches(config, train, epoch=0):
 def build_optimizer(config):
     if config["optimizer"] == "SGD":
         return keras.optimizers.SGD(learning_rate=config["init_lr"], momentum=config["momentum"])
+    if config["optimizer"] == "AdamW":
+        return keras.optimizers.AdamW(learning_rate=config["init_lr"], weight_decay=config["weight_decay"])
     return keras.optimizers.Adam(learning_rate=config["init_lr"])
 
 
@@ -169,10 +171,13 @@ def new_model(config):
 def scheduled_lr(config, epoch):
     """Learning rate of an epoch for the epoch-indexed policies (step, cosine, constant)."""
     lr = config["init_lr"]
+    # The policy's clock starts when the warm-up ends.
+    warmup = config.get("warmup_epochs", 0)
+    epoch = max(epoch - warmup, 0)
     if config["lr_policy"] == "step":
         return lr * config["lr_decay_factor"] ** (epoch // config["lr_decay_epochs"])
     if config["lr_policy"] == "cosine":
-        return lr * 0.5 * (1 + math.cos(math.pi * epoch / config["nepochs"]))
+        return lr * 0.5 * (1 + math.cos(math.pi * epoch / (config["nepochs"] - warmup)))
     return lr
 
 
@@ -181,6 +186,30 @@ def lr_callback(config):
         return keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config["plateau_factor"],
                                                  patience=config["plateau_patience"], min_lr=1e-7, verbose=1)
     return keras.callbacks.LearningRateScheduler(lambda epoch: scheduled_lr(config, epoch))
+
+
+class WarmUp(keras.callbacks.Callback):
+    """Linear warm-up of the learning rate over the first `epochs` epochs, set before every step.
+
+    The rate is a function of (epoch, step) alone, so a resumed run warms up as the uninterrupted one
+    did. Large learning rates from the first step can push a network trained from scratch (BatchNorm
+    statistics still settling) into a poor region; the ramp lets Adam's moment estimates settle first.
+    """
+
+    def __init__(self, init_lr, epochs):
+        super().__init__()
+        self.init_lr, self.epochs = init_lr, epochs
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.epoch >= self.epochs:
+            return
+        steps = self.params.get("steps") or 1
+        done = (self.epoch * steps + batch + 1) / (self.epochs * steps)
+        self.model.optimizer.learning_rate = self.init_lr * done
 
 
 # ----------------------------------------------------------------------------- checkpoints and state
@@ -272,12 +301,13 @@ def _plain(value):
 
 def callbacks_for(config, run_dir, state, model=None):
     stateful = {"lr_policy": lr_callback(config)}
+    warmup = [WarmUp(config["init_lr"], config["warmup_epochs"])] if config.get("warmup_epochs") else []
     if config["early_stopping_patience"] > 0:
         stateful["early_stopping"] = keras.callbacks.EarlyStopping(
             monitor="val_accuracy", mode="max", patience=config["early_stopping_patience"], verbose=1)
     recorder = RunRecorder(run_dir, config, state, stateful, model)
     # The learning-rate callbacks add "learning_rate" to the epoch logs, so they run before the CSV logger.
-    callbacks = [*stateful.values(), keras.callbacks.CSVLogger(str(run_dir / "training.csv"), append=True),
+    callbacks = [*stateful.values(), *warmup, keras.callbacks.CSVLogger(str(run_dir / "training.csv"), append=True),
                  recorder]
     if keras.backend.backend() == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
