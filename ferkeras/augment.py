@@ -33,17 +33,24 @@ from ferkeras.errors import UserError  # noqa: E402
 RECIPES = ("none", "crop_flip", "ferplus")
 
 
-def build_augmenter(recipe="crop_flip", seed=None):
+def build_augmenter(recipe="crop_flip", seed=None, erasing=0.0):
     """Return `augment(images, rng=None)` mapping uint8 (B, 48, 48) faces to augmented ones.
 
     With `rng` (a numpy Generator) the batch is reproducible from the generator's state; without
-    it the pipeline continues its own random stream, started from `seed`.
+    it the pipeline continues its own random stream, started from `seed`. `erasing` > 0 adds random
+    erasing (a rectangle of 2-25% of the face filled with noise, with that probability) after the recipe.
     """
     if recipe not in RECIPES:
         raise UserError(f"unknown augmentation recipe {recipe!r}; expected one of: {', '.join(RECIPES)}")
-    if recipe == "none":
+    if not 0.0 <= erasing <= 1.0:
+        raise UserError(f"--erasing must be a probability in [0, 1], got {erasing}")
+    transforms = _transforms(recipe) if recipe != "none" else []
+    if erasing:
+        # Noise rather than a constant: a black patch is a feature the model could learn to look for.
+        transforms.append(A.Erasing(scale=(0.02, 0.25), ratio=(0.3, 3.3), fill="random", p=erasing))
+    if not transforms:
         return _identity
-    pipeline = A.Compose(_transforms(recipe), seed=seed)
+    pipeline = A.Compose(transforms, seed=seed)
     lock = threading.Lock()
 
     def augment(images, rng=None):

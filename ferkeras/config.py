@@ -24,6 +24,7 @@ class Option:
     type: type = str
     choices: tuple = None
     group: str = "training"
+    multiple: bool = False  # the flag may be repeated; the value is a list
 
 
 def _class_weights(text):
@@ -59,6 +60,24 @@ OPTIONS = (
     Option("augment", "crop_flip", "training augmentation: crop_flip = random resized crop (scale 0.8-1.0) + "
            "horizontal flip; ferplus adds shift/scale/rotation and brightness/contrast; none",
            choices=("none", "crop_flip", "ferplus"), group="data"),
+    Option("erasing", 0.0, "random erasing (Zhong et al. 2020): probability of blanking a random rectangle of 2-25% "
+           "of each training face with noise, after the --augment recipe; 0 = off", float, group="data"),
+    Option("mix", "none", "mix pairs of training faces within a batch: mixup blends two faces and their targets, "
+           "cutmix pastes a rectangle of one face into another and mixes the targets by area; none = off",
+           choices=("none", "mixup", "cutmix"), group="data"),
+    Option("mix_alpha", 0.2, "--mix: the mixing weight is drawn from Beta(mix_alpha, mix_alpha) per batch", float,
+           group="data"),
+    Option("teacher", None, "distillation: a teacher run (runs/<name>) or .keras/.onnx file; repeat the flag for "
+           "several teachers, whose probabilities are averaged. Training targets become (1 - distill_alpha) x "
+           "the label-mode target + distill_alpha x the teachers' probabilities at --distill_temperature",
+           group="data", multiple=True),
+    Option("distill_alpha", 0.5, "--teacher: weight of the teachers' probabilities in the training target", float,
+           group="data"),
+    Option("distill_temperature", 2.0, "--teacher: softmax temperature applied to the teachers' scores", float,
+           group="data"),
+    Option("distill_views", 4, "--teacher: augmented views per training face whose teacher outputs are computed "
+           "once, before training (the face, its mirror and distill_views-2 random crops); each epoch draws one",
+           int, group="data"),
     Option("finetune_from", None, "start from this run's best checkpoint (runs/<name>) or a .keras file and "
            "train on your own faces: --data_dir then holds images and a label.csv ('image,emotion' or "
            "'image,' + 8 votes per row)", group="data"),
@@ -109,6 +128,11 @@ OPTIONS = (
     Option("plateau_patience", 3, "plateau policy: epochs without val_loss improvement before decaying", int),
     Option("lr_decay_epochs", 10, "step policy: epochs between decays", int),
     Option("lr_decay_factor", 0.1, "step policy: learning-rate multiplier", float),
+    Option("label_smoothing", 0.0, "mix every target with the uniform distribution: (1 - e) target + e / 8; 0 = off",
+           float),
+    Option("ema", 0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.999); the "
+           "average is what is validated, checkpointed as the model and exported (resume restores both); 0 = off",
+           float),
     Option("early_stopping_patience", 8, "stop after this many epochs without val_accuracy improvement (0 = never)", int),
     Option("class_weights", "published", "loss weight per class: 'published' (the FER+ ResNet50 recipe's "
            "list), 'balanced' (n / (8 * count) from the training targets), 'none', or 8 numbers", _class_weights),
@@ -139,6 +163,8 @@ def build_parser(description=None):
         kwargs = {"help": f"{opt.help} (default: {opt.default})"}
         if opt.type is bool:
             kwargs["action"] = "store_true"
+        elif opt.multiple:
+            kwargs["action"] = "append"
         else:
             kwargs["type"] = opt.type
             if opt.choices:
@@ -167,6 +193,9 @@ def _coerce(key, value, source):
     opt = OPTION_BY_NAME[key]
     if value is None:
         return None
+    if opt.multiple:
+        values = value if isinstance(value, list) else [value]
+        return [str(v) for v in values]
     try:
         value = opt.type(value) if opt.type is not bool else bool(value)
     except (TypeError, ValueError):

@@ -203,14 +203,12 @@ class WholeBatches(keras.utils.PyDataset):
     def __len__(self):
         return len(self.batches.images) // self.batches.batch_size
 
-    def __getitem__(self, index):
-        return self.batches[index]
+    @property
+    def num_batches(self):
+        return None  # endless, like FaceBatches: batches are a function of (epoch, index)
 
-    def on_epoch_begin(self):
-        self.batches.on_epoch_begin()
-
-    def on_epoch_end(self):
-        self.batches.on_epoch_end()
+    def __getitem__(self, position):
+        return self.batches.batch(self.batches.epoch + position // len(self), position % len(self))
 
 
 def _patch_keras_fit(model, placement):

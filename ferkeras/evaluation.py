@@ -169,14 +169,61 @@ def timed_logits(predictor, faces):
     return logits, len(faces) / elapsed if elapsed > 0 else float("inf")
 
 
+class EnsemblePredictor:
+    """Several predictors as one: scores are log of the members' mean softmax, so that a softmax of them
+    (what every reader of scores does) is the average of the members' probabilities."""
+
+    kind = "ensemble"
+
+    def __init__(self, members):
+        self.members = list(members)
+        self.batch_size = max(getattr(m, "batch_size", 64) for m in self.members)
+
+    def logits(self, faces):
+        mean = np.mean([softmax(member.logits(faces)) for member in self.members], axis=0)
+        return np.log(np.maximum(mean, 1e-12)).astype(np.float32)
+
+    def describe(self):
+        members = [member.describe() for member in self.members]
+        return {"format": "ensemble", "members": members,
+                "parameters": sum(int(m.get("parameters") or 0) for m in members)}
+
+
+# Test-time augmentation: the views whose probabilities are averaged. "crops" adds five crops of 90% of
+# the side (the four corners and the centre) to the face and its mirror; training's random resized crops
+# keep 80-100% of the area, so such crops are faces the model has learnt from.
+TTA_CHOICES = ("none", "flip", "crops")
+TTA_CROP_SIDE = 0.9
+
+
+def crop_boxes(height, width, side_fraction=TTA_CROP_SIDE):
+    """(top, left, side) of the five TTA crops of an image of height x width."""
+    side = int(round(min(height, width) * side_fraction))
+    bottom, right = height - side, width - side
+    return [(top, left, side) for top, left in ((0, 0), (0, right), (bottom, 0), (bottom, right),
+                                                (bottom // 2, right // 2))]
+
+
+def tta_views(faces, tta):
+    """The views of uint8 faces (N, H, W) that `tta` averages over, the faces themselves first."""
+    if tta not in TTA_CHOICES:
+        raise UserError(f"--tta: expected one of {', '.join(TTA_CHOICES)}, got {tta!r}")
+    views = [faces]
+    if tta != "none":
+        views.append(faces[:, :, ::-1])
+    if tta == "crops":
+        views += [faces[:, top:top + side, left:left + side] for top, left, side in crop_boxes(*faces.shape[1:3])]
+    return [np.ascontiguousarray(view) for view in views]
+
+
 def predict_probabilities(predictor, faces, tta="none"):
-    """Return (probabilities (N, 8), flip-averaged probabilities or None, images per second)."""
+    """Return (probabilities (N, 8), TTA-averaged probabilities or None, images per second)."""
     logits, speed = timed_logits(predictor, faces)
     plain = softmax(logits)
     if tta == "none":
         return plain, None, speed
-    mirrored = softmax(predictor.logits(faces[:, :, ::-1]))
-    return plain, (plain + mirrored) / 2, speed
+    others = [softmax(predictor.logits(view)) for view in tta_views(faces, tta)[1:]]
+    return plain, np.mean([plain] + others, axis=0), speed
 
 
 # ----------------------------------------------------------------------------- data
@@ -233,17 +280,21 @@ def evaluate(predictor, faces, labels, vote_dist, tta="none"):
     """Score a predictor on prepared faces; return the report dict written to eval_<split>.json."""
     plain, flipped, speed = predict_probabilities(predictor, faces, tta)
     report = {"n_faces": int(len(faces)), "images_per_second": float(speed), "tta": tta,
-              "metrics": classification_metrics(labels, flipped if tta == "flip" else plain, vote_dist)}
-    if tta == "flip":
+              "metrics": classification_metrics(labels, plain if flipped is None else flipped, vote_dist)}
+    if flipped is not None:
         report["metrics_without_tta"] = classification_metrics(labels, plain, vote_dist)
     return report
 
 
 def evaluate_command(run=None, model=None, checkpoint="best_acc", data_dir=None, split="valid",
                      batch_size=64, tta="none", out=None):
-    """What `evaluate.py` does: load, score, print, write eval_<split>.json and confusion_<split>.png."""
-    from .plots_eval import plot_confusion
+    """What `evaluate.py` does: load, score, print, write eval_<split>.json and confusion_<split>.png.
 
+    Several --run / --model give an ensemble (`evaluate_ensemble`)."""
+    runs, models = _as_list(run), _as_list(model)
+    if len(runs) + len(models) > 1:
+        return evaluate_ensemble(runs, models, checkpoint, data_dir, split, batch_size, tta, out)
+    run, model = (runs or [None])[0], (models or [None])[0]
     model_path = resolve_model_path(run, model, checkpoint)
     config = run_config(run)
     predictor = load_predictor(model_path, batch_size)
@@ -252,11 +303,54 @@ def evaluate_command(run=None, model=None, checkpoint="best_acc", data_dir=None,
     report = {"split": split, "model": predictor.describe(), "run": str(run) if run else None,
               "checkpoint": checkpoint if run else None, "batch_size": batch_size, **report}
     out_dir = Path(out) if out else (Path(run) if run else model_path.parent)
+    label = f"{Path(run).name} ({model_path.stem})" if run else model_path.name
+    return _write_report(report, out_dir, split, label)
+
+
+def _as_list(value):
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def ensemble_members(runs, models, checkpoint="best_acc"):
+    """The model files of an ensemble: each --run's checkpoint, then each --model."""
+    return [resolve_model_path(run=r, checkpoint=checkpoint) for r in runs] + \
+        [resolve_model_path(model=m) for m in models]
+
+
+def evaluate_ensemble(runs, models, checkpoint, data_dir, split, batch_size, tta, out):
+    """Score the average of several models' probabilities (`evaluate.py --run a --run b ...`), and each
+    member alone, so that the report says what the ensemble adds."""
+    paths = ensemble_members(runs, models, checkpoint)
+    configs = [run_config(r) for r in runs]
+    members = [load_predictor(p, batch_size) for p in paths]
+    data_dir = data_dir or next((c.get("data_dir") for c in configs if c.get("data_dir")), None)
+    faces, labels, vote_dist = load_eval_split(data_dir, split)
+    scored = [predict_probabilities(m, faces, tta) for m in members]
+    plain = np.mean([p for p, _, _ in scored], axis=0)
+    averaged = None if tta == "none" else np.mean([t for _, t, _ in scored], axis=0)
+    speed = 1 / sum(1 / s for _, _, s in scored)  # the members run one after the other
+    report = {"split": split, "model": EnsemblePredictor(members).describe(), "members": [str(p) for p in paths],
+              "runs": [str(r) for r in runs], "checkpoint": checkpoint if runs else None, "batch_size": batch_size,
+              "n_faces": int(len(faces)), "images_per_second": float(speed), "tta": tta,
+              "metrics": classification_metrics(labels, plain if averaged is None else averaged, vote_dist)}
+    if averaged is not None:
+        report["metrics_without_tta"] = classification_metrics(labels, plain, vote_dist)
+    report["member_accuracy"] = [classification_metrics(labels, p if t is None else t, vote_dist)["accuracy"]
+                                 for p, t, _ in scored]
+    return _write_report(report, Path(out or "ensemble"), split, f"ensemble of {len(paths)}")
+
+
+def _write_report(report, out_dir, split, label):
+    """eval_<split>.json and confusion_<split>.png in out_dir, and the report printed."""
+    from .plots_eval import plot_confusion
+
     json_path, png_path = out_dir / f"eval_{split}.json", out_dir / f"confusion_{split}.png"
     write_text_atomic(json_path, json.dumps(report, indent=2))
-    label = f"{Path(run).name} ({model_path.stem})" if run else model_path.name
+    tta = report["tta"]
     title = f"{label} on {split}: accuracy {report['metrics']['accuracy']:.2%}" + \
-        (" (flip TTA)" if tta == "flip" else "")
+        (f" ({tta} TTA)" if tta != "none" else "")
     plot_confusion(np.asarray(report["metrics"]["confusion"]), png_path, title)
     print(format_report(report))
     print(f"wrote {json_path} and {png_path}")
@@ -266,11 +360,15 @@ def evaluate_command(run=None, model=None, checkpoint="best_acc", data_dir=None,
 def format_report(report):
     """A readable table of a report: headline numbers, then one row per class."""
     metrics = report["metrics"]
-    lines = [f"{report['model']['path']} ({report['model']['format']}) on {report['split']}: "
+    what = report["model"].get("path") or f"ensemble of {len(report.get('members', []))}"
+    lines = [f"{what} ({report['model']['format']}) on {report['split']}: "
              f"{report['n_faces']} faces (majority protocol), {report['images_per_second']:.0f} images/s"]
+    for member, accuracy in zip(report.get("members", []), report.get("member_accuracy", [])):
+        lines.append(f"  member {member}: accuracy {accuracy:.2%}")
     if "metrics_without_tta" in report:
         plain = report["metrics_without_tta"]
-        lines.append(f"accuracy {plain['accuracy']:.2%} without TTA, {metrics['accuracy']:.2%} with flip TTA "
+        lines.append(f"accuracy {plain['accuracy']:.2%} without TTA, {metrics['accuracy']:.2%} with "
+                     f"{report['tta']} TTA "
                      f"(balanced {plain['balanced_accuracy']:.2%} -> {metrics['balanced_accuracy']:.2%})")
     lines.append(f"accuracy {metrics['accuracy']:.2%} | balanced accuracy {metrics['balanced_accuracy']:.2%} | "
                  f"macro F1 {metrics['macro_f1']:.3f} | mean KL(votes || predicted) "

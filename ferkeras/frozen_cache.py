@@ -179,13 +179,12 @@ class CachedViewBatches(FaceBatches):
         self.views = features[0].shape[1]
         super().__init__(np.arange(len(targets)), targets, batch_size, augmenter=None, **kwargs)
 
-    def _epoch_arrays(self):
-        super()._epoch_arrays()
-        rng = np.random.default_rng([self.seed, self.epoch, 31337])
-        self.epoch_views = rng.integers(self.views, size=len(self.targets))
+    def epoch_arrays(self, epoch):
+        rng = np.random.default_rng([self.seed, epoch, 31337])
+        return {**super().epoch_arrays(epoch), "views": rng.integers(self.views, size=len(self.targets))}
 
-    def batch_inputs(self, rows, index):
-        views = self.epoch_views[rows]
+    def batch_inputs(self, rows, epoch, index, arrays):
+        views = arrays["views"][rows]
         return _model_input([np.asarray(f[rows, views], dtype=np.float32) for f in self.features])
 
 

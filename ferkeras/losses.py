@@ -25,9 +25,10 @@ class MultiTargetLoss(keras.losses.Loss):
         return {**super().get_config(), "from_logits": self.from_logits}
 
 
-def loss_for_mode(training_mode):
+def loss_for_mode(training_mode, label_smoothing=0.0):
     """Majority and PLD train on one-hot targets, crossentropy on the vote distribution: all three
-    are categorical cross-entropy. Multi-target needs its own loss."""
+    are categorical cross-entropy, optionally label-smoothed. Multi-target needs its own loss (its
+    targets are a mask of accepted classes, which smoothing would blur into "every class")."""
     if training_mode == "multi_target":
         return MultiTargetLoss()
-    return keras.losses.CategoricalCrossentropy(from_logits=True)
+    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)

@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import distribute, finetune, frozen_cache
+from . import distill, distribute, finetune, frozen_cache
 from .augment import build_augmenter
 from .config import read_config, save_config
 from .data import load_labelled, resolve_data_dir, summary_line
@@ -129,27 +129,82 @@ def fit_inputs(config, model, train, valid, run_dir, epoch=0):
                                     class_weights=class_weight_vector(config["class_weights"], train[1]),
                                     sample_targets=config["training_mode"] == "probability")
     valid_x, valid_t = valid
-    return model, make_batches(config, train, epoch), (valid_x.astype(np.float32)[..., None], valid_t)
+    if config.get("teacher"):
+        batches = distill.distilled_batches(config, train, run_dir, epoch,
+                                            class_weight_vector(config["class_weights"], train[1]))
+    else:
+        batches = make_batches(config, train, epoch)
+    return model, batches, (valid_x.astype(np.float32)[..., None], valid_t)
 
 
 def make_batches(config, train, epoch=0):
     images, targets = train
     return FaceBatches(
         images, targets, config["batch_size"],
-        augmenter=build_augmenter(config["augment"]),
+        augmenter=build_augmenter(config["augment"], erasing=config.get("erasing", 0.0)),
         sample_targets=config["training_mode"] == "probability",
         class_weights=class_weight_vector(config["class_weights"], targets),
-        seed=config["seed"], epoch=epoch)
+        seed=config["seed"], epoch=epoch, mix=config.get("mix", "none"), mix_alpha=config.get("mix_alpha", 0.2))
 
 
 # ----------------------------------------------------------------------------- model and optimiser
 
 def build_optimizer(config):
+    # --ema: Keras' optimizers keep the moving average themselves (use_ema), updated after every step.
+    ema = {"use_ema": True, "ema_momentum": config["ema"]} if config.get("ema") else {}
     if config["optimizer"] == "SGD":
-        return keras.optimizers.SGD(learning_rate=config["init_lr"], momentum=config["momentum"])
+        return keras.optimizers.SGD(learning_rate=config["init_lr"], momentum=config["momentum"], **ema)
     if config["optimizer"] == "AdamW":
-        return keras.optimizers.AdamW(learning_rate=config["init_lr"], weight_decay=config["weight_decay"])
-    return keras.optimizers.Adam(learning_rate=config["init_lr"])
+        return keras.optimizers.AdamW(learning_rate=config["init_lr"], weight_decay=config["weight_decay"], **ema)
+    return keras.optimizers.Adam(learning_rate=config["init_lr"], **ema)
+
+
+def check_combinations(config):
+    """Refuse options that the rest of the configuration would silently ignore (before anything loads)."""
+    mode = config["training_mode"]
+    if config.get("mix", "none") != "none" and mode == "multi_target":
+        raise UserError(f"--mix {config['mix']}: multi_target targets are a set of accepted classes, which "
+                        "mixing would blur; use --training_mode crossentropy / probability / majority, or --mix none")
+    if config.get("label_smoothing") and mode == "multi_target":
+        raise UserError("--label_smoothing: the multi_target loss has no smoothing; use another --training_mode "
+                        "or --label_smoothing 0")
+    distill.check_distillation(config)
+    if config["cache_frozen"]:
+        ignored = [f"--{name}" for name in ("mix", "erasing", "ema", "teacher")
+                   if config.get(name) not in (None, 0, 0.0, "none")]
+        if ignored:
+            raise UserError(f"--cache_frozen trains on fixed cached views, so {', '.join(ignored)} would have no "
+                            "effect; drop them or drop --cache_frozen")
+
+
+def swap_ema_weights(model):
+    """Exchange the model's trainable weights with the optimizer's moving averages of them (--ema).
+
+    Checkpoints are written swapped (the average as the model's weights, the raw weights in the
+    optimizer's average slots), so evaluation and export use the average; --resume swaps back, so
+    training continues from exactly the raw weights. The optimizer's private lists are the only handle
+    on the averages (Keras' own SwapEMAWeights uses them too).
+    """
+    optimizer = model.optimizer
+    for variable, average in zip(optimizer._trainable_variables, optimizer._model_variables_moving_average):
+        raw = keras.ops.convert_to_numpy(variable)
+        variable.assign(average)
+        average.assign(raw)
+
+
+class ValidateWithEMA(keras.callbacks.Callback):
+    """--ema: validation scores the moving average, swapped in for each validation pass and out after.
+
+    Not Keras' SwapEMAWeights: under TensorFlow it swaps by arithmetic (a += b; b = a - b; a -= b),
+    which rounds the raw weights a little at every validation, so a resumed run (which restores them
+    exactly) would drift from the uninterrupted one. Copies are exact.
+    """
+
+    def on_test_begin(self, logs=None):
+        swap_ema_weights(self.model)
+
+    def on_test_end(self, logs=None):
+        swap_ema_weights(self.model)
 
 
 def new_model(config):
@@ -163,7 +218,8 @@ def new_model(config):
                             image_size=config["image_size"] or None, dropout_rate=config["dropout_rate"],
                             allow_partial_weights=config["allow_partial_weights"])
     print(freeze_summary(apply_freeze(model, config["freeze_before"])))
-    model.compile(optimizer=build_optimizer(config), loss=loss_for_mode(config["training_mode"]),
+    model.compile(optimizer=build_optimizer(config),
+                  loss=loss_for_mode(config["training_mode"], config.get("label_smoothing", 0.0)),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], **distribute.compile_options(config))
     return model
 
@@ -266,8 +322,16 @@ class RunRecorder(keras.callbacks.Callback):
         return self.run_dir / "checkpoints" / f"{which}.keras"
 
     def _save_last(self):
-        with atomic_path(self._checkpoint("last")) as tmp:
-            (self.full_model or self.model).save(tmp)
+        model = self.full_model or self.model
+        ema = bool(self.config.get("ema"))
+        if ema:
+            swap_ema_weights(model)
+        try:
+            with atomic_path(self._checkpoint("last")) as tmp:
+                model.save(tmp)
+        finally:
+            if ema:
+                swap_ema_weights(model)
 
     def _copy_last(self, which):
         """This epoch's last.keras as best_acc / best_loss: a hard link where the file system has them.
@@ -307,7 +371,9 @@ def callbacks_for(config, run_dir, state, model=None):
             monitor="val_accuracy", mode="max", patience=config["early_stopping_patience"], verbose=1)
     recorder = RunRecorder(run_dir, config, state, stateful, model)
     # The learning-rate callbacks add "learning_rate" to the epoch logs, so they run before the CSV logger.
-    callbacks = [*stateful.values(), *warmup, keras.callbacks.CSVLogger(str(run_dir / "training.csv"), append=True),
+    # With --ema, validation scores the averaged weights (swapped in for each validation pass).
+    ema = [ValidateWithEMA()] if config.get("ema") else []
+    callbacks = [*ema, *stateful.values(), *warmup, keras.callbacks.CSVLogger(str(run_dir / "training.csv"), append=True),
                  recorder]
     if keras.backend.backend() == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
@@ -318,6 +384,7 @@ def callbacks_for(config, run_dir, state, model=None):
 
 def train(config, explicit=()):
     """Train as configured; return a summary dict (run_dir, epochs, best_val_accuracy, ...)."""
+    check_combinations(config)
     placement = distribute.place_run(config)  # first: TensorFlow fixes devices and collectives at start-up
     config, run_dir, state = plan_run(distribute.worker_config(dict(config), placement), explicit)
     distribute.check_global_batch(config["batch_size"], placement)
@@ -333,6 +400,8 @@ def train(config, explicit=()):
     with placement.scope(), distribute.precision_policy(config):
         if initial_epoch:
             model = load_model_file(run_dir / "checkpoints" / "last.keras", compile=True)
+            if config.get("ema"):
+                swap_ema_weights(model)  # the checkpoint holds the average as the model's weights
             print(f"resuming {run_dir} after epoch {initial_epoch}")
         else:
             model = new_model(config)
@@ -344,7 +413,8 @@ def train(config, explicit=()):
     before = finetune.accuracy_before(model, (valid_x, valid_t), run_dir) if config.get("finetune_from") else None
     print(f"run folder: {run_dir}")
     try:
-        history = fit_model.fit(batches, validation_data=valid_data,
+        # shuffle=False: FaceBatches shuffles itself, keyed on (seed, epoch); Keras would ignore the flag.
+        history = fit_model.fit(batches, steps_per_epoch=len(batches), shuffle=False, validation_data=valid_data,
                                 validation_batch_size=distribute.validation_batch_size(
                                     max(config["batch_size"], 64), len(valid_x), placement),
                                 epochs=config["nepochs"], initial_epoch=initial_epoch,
