@@ -6,6 +6,7 @@
     python export.py --check_reference emotion-ferplus-8.onnx   # the reference alone
     python export.py --run runs/quick --quantize int8        # also runs/quick/model.int8.onnx
     python export.py --model runs/quick/model.onnx --quantize int8   # quantize an existing export
+    python export.py --run runs/a --run runs/b --tta flip --out ensemble.onnx   # one file, both models
 
 The ONNX file takes Input3 float32 [N,1,64,64] (raw grayscale 0..255, NCHW) and returns
 Plus692_Output_0 [N,8] logits in FER+ order; it is checked against the Keras model before it is kept.
@@ -26,13 +27,17 @@ def build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--run", help="run folder made by train.py (runs/<name>)")
+    source.add_argument("--run", action="append", help="run folder made by train.py (runs/<name>); repeat for an "
+                        "ensemble: one ONNX file that runs every member and averages their probabilities")
     source.add_argument("--model", help="a .keras model to export (or, with --check_reference or --quantize, "
                                         "an exported .onnx file)")
     parser.add_argument("--checkpoint", default="best_acc",
                         help="with --run: best_acc, best_loss, last or a file path (default: best_acc)")
     parser.add_argument("--out", help="ONNX path (default: model.onnx in the run folder or beside --model); "
                                       "with an .onnx --model and --quantize, the int8 file's path")
+    parser.add_argument("--tta", default="none", choices=("none", "flip", "crops"),
+                        help="build test-time augmentation into the graph: flip averages each face with its "
+                             "mirror, crops adds five crops of 90%% of the side (default: none)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset, 7..{MAX_OPSET} (default: {DEFAULT_OPSET})")
     parser.add_argument("--input_name", default=INPUT_NAME, help=f"input tensor name (default: {INPUT_NAME})")
@@ -86,6 +91,18 @@ def main(argv=None):
     from ferkeras.evaluation import run_config
     from ferkeras.reference import check_reference
 
+    runs = args.run or []
+    if len(runs) > 1 or args.tta != "none":
+        if args.quantize is not None or args.check_reference or args.saved_model:
+            raise UserError("--quantize, --check_reference and --saved_model work on one model; export the ensemble "
+                            "or TTA graph first, then pass its .onnx to --model")
+        ferkeras.import_keras_quietly()
+        from ferkeras.ensemble import export_ensemble_command
+        export_ensemble_command(runs, [args.model] if args.model else [], args.checkpoint, args.tta, args.out,
+                                opset=args.opset, input_name=args.input_name, output_name=args.output_name,
+                                data_dir=args.data_dir)
+        return
+    args.run = runs[0] if runs else None
     data_dir = args.data_dir or run_config(args.run).get("data_dir")
     # An .onnx --model is only quantized or scored against the reference; anything else is exported first.
     onnx_model = args.model if args.model and args.model.lower().endswith(".onnx") and \

@@ -61,3 +61,35 @@ def averaged_model(members, tta="none"):
         return members[0]
     scores = LogOfMean(name="log_mean_probabilities", dtype="float32")(probabilities)
     return keras.Model(faces, scores, name=f"ferkeras_ensemble_{len(members)}x{len(probabilities) // len(members)}")
+
+
+def export_ensemble_command(runs=(), models=(), checkpoint="best_acc", tta="none", out=None, **export_options):
+    """What `export.py --run a --run b ... [--tta crops]` does: one verified ONNX file averaging them."""
+    from pathlib import Path
+
+    from .evaluation import ensemble_members, run_config
+    from .export import export_onnx
+    from .models import load_model_file
+
+    paths = ensemble_members(runs, models, checkpoint)
+    if any(p.suffix.lower() != ".keras" for p in paths):
+        raise UserError("an ensemble or TTA export needs .keras models (give --run runs/<name> or --model "
+                        "FILE.keras for each member)")
+    if out is None:
+        out = Path("ensemble.onnx") if len(paths) > 1 else paths[0].parent.parent / f"model.tta-{tta}.onnx"
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise UserError(f"--out {out}: expected a file name ending in .onnx")
+    data_dir = export_options.pop("data_dir", None) or next(
+        (run_config(r).get("data_dir") for r in runs if run_config(r).get("data_dir")), None)
+    combined = averaged_model([load_model_file(p) for p in paths], tta)
+    config = {"name": f"average of {len(paths)} model(s), TTA {tta}", "members": [str(p) for p in paths],
+              "tta": tta}
+    report = export_onnx(combined, out, config, source=paths[0], data_dir=data_dir, **export_options)
+    print(f"wrote {out} ({report['size_bytes'] / 1e6:.1f} MB, {report['parameters']:,} parameters): "
+          f"{len(paths)} member(s) x {len(tta_view_tensors(keras.Input((INPUT_SIZE, INPUT_SIZE, 1)), tta))} "
+          f"view(s), probabilities averaged")
+    parity = report["parity"]
+    print(f"parity on {parity['source']}: max softmax difference {parity['max_softmax_diff']:.2e}, "
+          f"top-1 agreement {parity['top1_agreement']:.2%}")
+    return report
