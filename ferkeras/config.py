@@ -229,3 +229,14 @@ def read_config(path):
     if not path.is_file():
         raise UserError(f"{path}: run config not found; is {path.parent} a ferkeras run folder?")
     return yaml.safe_load(path.read_text())
+
+
+def options_markdown():
+    """The option table as the Markdown table in docs/training.md (a test keeps the two the same)."""
+    rows = ["| flag | default | meaning |", "|---|---|---|"]
+    for opt in OPTIONS:
+        default = "" if opt.default is None else ("off" if opt.default is False else f"`{opt.default}`")
+        choices = f" ({' / '.join(opt.choices)})" if opt.choices else ""
+        repeat = " (repeatable)" if opt.multiple else ""
+        rows.append(f"| `--{opt.name}`{repeat} | {default} | {opt.help.replace('|', '/')}{choices} |")
+    return "\n".join(rows) + "\n"

@@ -213,3 +213,12 @@ def test_exported_ensemble_with_tta_is_one_contract_file_that_matches_keras(two_
     # Both members are in the file (tf2onnx folds BatchNorm statistics into convolutions, so a few fewer).
     assert 1.9 * members[0].count_params() < info["parameters"] <= sum(m.count_params() for m in members)
     assert report["parity"]["top1_agreement"] == 1.0
+
+
+def test_the_documented_flag_table_is_the_option_table():
+    from pathlib import Path
+
+    from ferkeras.config import options_markdown
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    assert options_markdown() in docs, "regenerate the table in docs/training.md with ferkeras.config.options_markdown()"
