@@ -3,6 +3,7 @@
     python evaluate.py --run runs/quick                      # best_acc checkpoint, valid split
     python evaluate.py --run runs/quick --checkpoint last --tta flip
     python evaluate.py --model runs/quick/model.onnx --split valid
+    python evaluate.py --model runs/quick/model.int8.tflite
     python evaluate.py --compare runs/* --out compare.png
 
 Writes eval_<split>.json and confusion_<split>.png (in the run folder, beside --model, or in --out).
@@ -19,7 +20,7 @@ def build_parser():
                                      epilog=__doc__.split("\n\n", 1)[1])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="run folder made by train.py (runs/<name>)")
-    source.add_argument("--model", help="a .keras checkpoint or a .onnx export")
+    source.add_argument("--model", help="a .keras checkpoint, a .onnx or a .tflite export")
     source.add_argument("--compare", nargs="+", metavar="RUN", help="run folders to tabulate side by side")
     parser.add_argument("--checkpoint", default="best_acc",
                         help="with --run: best_acc, best_loss, last or a file path (default: best_acc)")

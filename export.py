@@ -1,4 +1,4 @@
-"""Export a trained model to ONNX as a drop-in for the ONNX Model Zoo emotion-ferplus-8.onnx.
+"""Export a trained model to ONNX as a drop-in for the ONNX Model Zoo emotion-ferplus-8.onnx, or to TFLite.
 
     python export.py --run runs/quick                        # runs/quick/model.onnx + model.keras
     python export.py --model best.keras --out deploy/fer.onnx --saved_model
@@ -6,9 +6,12 @@
     python export.py --check_reference emotion-ferplus-8.onnx   # the reference alone
     python export.py --run runs/quick --quantize int8        # also runs/quick/model.int8.onnx
     python export.py --model runs/quick/model.onnx --quantize int8   # quantize an existing export
+    python export.py --run runs/quick --format tflite --quantize int8  # model.tflite + model.int8.tflite
 
 The ONNX file takes Input3 float32 [N,1,64,64] (raw grayscale 0..255, NCHW) and returns
 Plus692_Output_0 [N,8] logits in FER+ order; it is checked against the Keras model before it is kept.
+The TFLite files take the same pixels in TFLite's NHWC layout, [N,64,64,1], and say so in
+<file>.json beside them.
 """
 import argparse
 from pathlib import Path
@@ -20,11 +23,16 @@ from ferkeras.export import DEFAULT_OPSET, MAX_OPSET, export_command  # TensorFl
 from ferkeras.quantize import (CALIBRATION_METHODS, DEFAULT_CALIBRATION_FACES, DEFAULT_METHOD, MIN_AGREEMENT,
                                check_calibration_options, check_quantize_choice)
 
+FORMATS = ("onnx", "tflite")
+
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--format", default="onnx",
+                        help=f"{' / '.join(FORMATS)}: ONNX (the emotion-ferplus-8 contract) or TFLite for phones and "
+                             "edge boards (NHWC [N,64,64,1], same pixels and scores) (default: onnx)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--run", help="run folder made by train.py (runs/<name>)")
     source.add_argument("--model", help="a .keras model to export (or, with --check_reference or --quantize, "
@@ -32,7 +40,8 @@ def build_parser():
     parser.add_argument("--checkpoint", default="best_acc",
                         help="with --run: best_acc, best_loss, last or a file path (default: best_acc)")
     parser.add_argument("--out", help="ONNX path (default: model.onnx in the run folder or beside --model); "
-                                      "with an .onnx --model and --quantize, the int8 file's path")
+                                      "with an .onnx --model and --quantize, the int8 file's path; with "
+                                      "--format tflite, the .tflite path (default: model.tflite)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset, 7..{MAX_OPSET} (default: {DEFAULT_OPSET})")
     parser.add_argument("--input_name", default=INPUT_NAME, help=f"input tensor name (default: {INPUT_NAME})")
@@ -78,8 +87,36 @@ def check_quantize_flags(args, onnx_model):
                         "(give --run or --model FILE.keras)")
 
 
+def check_tflite_flags(args):
+    """Flags whose meaning is ONNX's alone are refused with --format tflite, rather than ignored."""
+    onnx_only = {"--check_reference": args.check_reference is not None, "--saved_model": args.saved_model,
+                 "--opset": args.opset != DEFAULT_OPSET, "--per_channel": args.per_channel,
+                 "--calibration_method": args.calibration_method != DEFAULT_METHOD}
+    for flag, given in onnx_only.items():
+        if given:
+            raise UserError(f"{flag}: applies to ONNX export only, not to --format tflite (the TFLite "
+                            "converter calibrates by min/max and quantizes convolutions per channel); "
+                            "drop it or use --format onnx")
+    check_quantize_flags(args, None)
+
+
+def export_tflite(args):
+    check_tflite_flags(args)
+    ferkeras.import_keras_quietly()  # only converting needs TensorFlow
+    from ferkeras.tflite_export import export_tflite_command
+
+    export_tflite_command(run=args.run, model=args.model, checkpoint=args.checkpoint, out=args.out,
+                          data_dir=args.data_dir, quantize=args.quantize,
+                          calibration_faces_count=args.calibration_faces, min_agreement=args.min_agreement,
+                          input_name=args.input_name, output_name=args.output_name)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.format not in FORMATS:
+        raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {args.format!r}")
+    if args.format == "tflite":
+        return export_tflite(args)
     if not (args.run or args.model or args.check_reference):
         raise UserError("nothing to do: give --run runs/<name> or --model FILE.keras to export, and/or "
                         "--check_reference emotion-ferplus-8.onnx")

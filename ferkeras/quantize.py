@@ -66,9 +66,9 @@ def check_calibration_options(faces, method):
 
 
 def int8_path(float_path):
-    """model.onnx -> model.int8.onnx, in the same folder."""
+    """model.onnx -> model.int8.onnx (model.tflite -> model.int8.tflite), in the same folder."""
     float_path = Path(float_path)
-    return float_path.with_name(f"{float_path.stem}.int8.onnx")
+    return float_path.with_name(f"{float_path.stem}.int8{float_path.suffix}")
 
 
 # ----------------------------------------------------------------------------- calibration faces
