@@ -217,3 +217,27 @@ def test_cli_errors_are_one_line_and_write_nothing(trained_run, small_ferplus, t
         assert done.stderr.startswith("error: ") and fragment in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
     assert not target.parent.exists() and not list(tmp_path.glob("*.tflite"))
+
+
+def test_speed_benchmark_tabulates_all_five_files(trained_run, small_ferplus, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_tflite_speed", REPO / "benchmarks" / "tflite_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run, _ = trained_run
+    rows = bench.main(["--run", str(run), "--calibration_faces", "40", "--rounds", "1", "--threads", "1",
+                       "--out_dir", str(tmp_path)])
+    by_file = {row["file"]: row for row in rows}
+    assert sorted(by_file) == ["model.dynamic.tflite", "model.int8.onnx", "model.int8.tflite", "model.onnx",
+                               "model.tflite"]
+    for name, row in by_file.items():
+        assert row["size_bytes"] == (tmp_path / name).stat().st_size
+        assert row["latency_ms_batch1"] > 0 and row["throughput_batch64"] > 0 and row["latency_runs"] == 10
+        assert 0 <= row["accuracy"] <= 1 and row["agreement"] >= MIN_AGREEMENT
+    # The two float files are the same model: the same top-1 on every face, so the same accuracy.
+    assert by_file["model.onnx"]["agreement"] == by_file["model.tflite"]["agreement"] == 1.0
+    assert by_file["model.onnx"]["accuracy"] == by_file["model.tflite"]["accuracy"]
+    assert by_file["model.int8.tflite"]["size_bytes"] < by_file["model.tflite"]["size_bytes"] / 3
+    report = json.loads((tmp_path / "tflite_speed.json").read_text())
+    assert report["threads"] == 1 and report["calibration_faces"] == 40 and len(report["results"]) == 5
