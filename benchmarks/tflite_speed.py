@@ -100,6 +100,13 @@ def measure(files, keras_logits, eval_faces, threads, rounds):
     return list(rows.values()), load
 
 
+def runtime_versions():
+    import ai_edge_litert
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__, "ai_edge_litert": ai_edge_litert.__version__}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -141,7 +148,8 @@ def main(argv=None):
     print(common.format_table(COLUMNS, rows))
     json_path = Path(args.json) if args.json else (Path(args.out_dir) if args.out_dir else Path(".")) / "tflite_speed.json"
     common.write_report(json_path, "tflite_speed", common.command_line("benchmarks/tflite_speed.py", argv), rows,
-                        {"source": str(source_path), "threads": args.threads, "rounds": args.rounds,
+                        {"source": str(source_path), "runtimes": runtime_versions(),
+                         "threads": args.threads, "rounds": args.rounds,
                          "calibration_faces": len(calibration), "valid_faces": len(eval_faces[1]),
                          **load.as_dict()})
     return rows
