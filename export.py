@@ -89,21 +89,25 @@ def check_quantize_flags(args, onnx_model):
 
 def check_tflite_flags(args):
     """Flags whose meaning is ONNX's alone are refused with --format tflite, rather than ignored."""
-    onnx_only = {"--check_reference": args.check_reference is not None, "--saved_model": args.saved_model,
-                 "--opset": args.opset != DEFAULT_OPSET, "--per_channel": args.per_channel,
-                 "--calibration_method": args.calibration_method != DEFAULT_METHOD}
-    for flag, given in onnx_only.items():
+    onnx_only = (("--check_reference", args.check_reference is not None, "it compares ONNX files"),
+                 ("--saved_model", args.saved_model, "it comes with the ONNX export"),
+                 ("--opset", args.opset != DEFAULT_OPSET, "it is an ONNX setting"),
+                 ("--per_channel", args.per_channel, "TFLite always quantizes convolutions per channel"),
+                 ("--calibration_method", args.calibration_method != DEFAULT_METHOD,
+                  "the TFLite converter calibrates by min/max only"))
+    for flag, given, reason in onnx_only:
         if given:
-            raise UserError(f"{flag}: applies to ONNX export only, not to --format tflite (the TFLite "
-                            "converter calibrates by min/max and quantizes convolutions per channel); "
-                            "drop it or use --format onnx")
+            raise UserError(f"{flag}: applies to --format onnx only ({reason}); drop it for --format tflite")
     check_quantize_flags(args, None)
 
 
 def export_tflite(args):
+    from ferkeras.tflite_export import check_tflite_out, export_tflite_command
+
     check_tflite_flags(args)
-    ferkeras.import_keras_quietly()  # only converting needs TensorFlow
-    from ferkeras.tflite_export import export_tflite_command
+    if args.out:
+        check_tflite_out(Path(args.out))
+    ferkeras.import_keras_quietly()  # only converting needs TensorFlow: flag errors come first
 
     export_tflite_command(run=args.run, model=args.model, checkpoint=args.checkpoint, out=args.out,
                           data_dir=args.data_dir, quantize=args.quantize,

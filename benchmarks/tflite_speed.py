@@ -146,7 +146,7 @@ def main(argv=None):
           f"FER+ valid {len(eval_faces[1])} faces; {args.threads} threads; load average {load.text()} "
           "(before / after timing)\n")
     print(common.format_table(COLUMNS, rows))
-    json_path = Path(args.json) if args.json else (Path(args.out_dir) if args.out_dir else Path(".")) / "tflite_speed.json"
+    json_path = Path(args.json) if args.json else Path(args.out_dir or ".") / "tflite_speed.json"
     common.write_report(json_path, "tflite_speed", common.command_line("benchmarks/tflite_speed.py", argv), rows,
                         {"source": str(source_path), "runtimes": runtime_versions(),
                          "threads": args.threads, "rounds": args.rounds,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import NUM_CLASSES
-from .contract import INPUT_SIZE, to_contract_input
+from .contract import INPUT_SIZE, logits_in_batches, to_contract_input
 from .errors import UserError
 
 TFLITE_SUFFIX = ".tflite"
@@ -152,17 +152,7 @@ class TfliteSession:
 
     def logits(self, tflite_input, batch_size=64):
         """float32 (N, 64, 64, 1) -> float32 (N, 8) scores."""
-        step = self.fixed_batch or batch_size
-        chunks = []
-        for start in range(0, len(tflite_input), step):
-            chunk = tflite_input[start:start + step]
-            missing = step - len(chunk) if self.fixed_batch else 0
-            if missing:
-                chunk = np.concatenate([chunk, np.zeros((missing,) + chunk.shape[1:], chunk.dtype)])
-            chunks.append(self.run_batch(chunk)[:step - missing])
-        if not chunks:
-            return np.zeros((0, NUM_CLASSES), np.float32)
-        return np.concatenate(chunks).astype(np.float32)
+        return logits_in_batches(self.run_batch, tflite_input, batch_size, self.fixed_batch)
 
 
 class TflitePredictor:

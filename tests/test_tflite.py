@@ -163,23 +163,17 @@ def test_evaluate_cli_scores_the_tflite_file(trained_run, exported, small_ferplu
     assert report["metrics"]["accuracy"] == pytest.approx(float((predicted == labels).mean()), abs=1.5 / len(labels))
 
 
-def test_failed_parity_leaves_no_file(trained_run, tmp_path, monkeypatch):
+def test_failed_parity_leaves_no_file(trained_run, exported, valid_faces, tmp_path, monkeypatch):
     import ferkeras.tflite_export as tflite_export
 
-    class CorruptSession(tflite_export.TfliteSession):
-        """LiteRT scores with class 0 pushed up: what a broken conversion would look like."""
-
-        def logits(self, tflite_input, batch_size=64):
-            scores = super().logits(tflite_input, batch_size)
-            scores[:, 0] += 5.0
-            return scores
-
-    monkeypatch.setattr(tflite_export, "TfliteSession", CorruptSession)
-    _, model = trained_run
+    run, model = trained_run
+    # A converter that went wrong: it hands back the int8 file when float was asked for.
+    monkeypatch.setattr(tflite_export, "convert_to_tflite",
+                        lambda *args, **kwargs: (run / "model.int8.tflite").read_bytes())
     out = tmp_path / "broken" / "model.tflite"
-    with pytest.raises(UserError, match="TFLite and Keras outputs differ on 5 faces") as caught:
-        tflite_export.export_tflite(model, out, faces=np.random.default_rng(0).integers(0, 256, (5, 48, 48), np.uint8))
-    assert "\n" not in str(caught.value)
+    with pytest.raises(UserError, match="TFLite and Keras outputs differ on 20 faces") as caught:
+        tflite_export.export_tflite(model, out, faces=valid_faces[:20])
+    assert "must be < 0.0001" in str(caught.value) and "\n" not in str(caught.value)
     assert list(out.parent.iterdir()) == []  # neither the file nor its sidecar
 
 
@@ -208,8 +202,10 @@ def test_cli_errors_are_one_line_and_write_nothing(trained_run, small_ferplus, t
     cases = ((["--run", run, "--format", "tflitee"], "--format: expected one of onnx, tflite, got 'tflitee'"),
              (["--run", run, "--format", "tflite", "--quantize", "int8", "--data_dir", valid_only, "--out", target],
               "split 'train' is absent"),
-             (["--run", run, "--format", "tflite", "--per_channel", "--out", target], "--per_channel: applies to ONNX"),
-             (["--run", run, "--format", "tflite", "--out", tmp_path / "fer.onnx"], "expected a file name ending in .tflite"))
+             (["--run", run, "--format", "tflite", "--per_channel", "--out", target],
+              "--per_channel: applies to --format onnx only"),
+             (["--run", run, "--format", "tflite", "--out", tmp_path / "fer.onnx"],
+              "expected a file name ending in .tflite"))
     for args, fragment in cases:
         done = subprocess.run([sys.executable, "export.py", *map(str, args)], cwd=REPO, capture_output=True,
                               text=True, timeout=300)
