@@ -57,7 +57,8 @@ def build_parser():
     quant.add_argument("--quantize", metavar="int8",
                        help="also write <name>.int8.onnx beside the float file, calibrated on training "
                             "faces, and report size, speed and validation accuracy of both in "
-                            "quantization.json (only int8 exists)")
+                            "quantization.json (only int8 exists); with --format tflite, <name>.int8.tflite "
+                            "(full integer, float input and output; see docs/deploy.md)")
     quant.add_argument("--calibration_faces", type=int, default=DEFAULT_CALIBRATION_FACES,
                        help=f"training faces that calibrate the activation ranges (default: "
                             f"{DEFAULT_CALIBRATION_FACES})")
