@@ -4,6 +4,7 @@
     python evaluate.py --run runs/quick --checkpoint last --tta flip
     python evaluate.py --model runs/quick/model.onnx --split valid
     python evaluate.py --run runs/a --run runs/b --tta crops --out ensemble   # an ensemble of two
+    python evaluate.py --model runs/quick/model.int8.tflite
     python evaluate.py --compare runs/* --out compare.png
 
 Writes eval_<split>.json and confusion_<split>.png (in the run folder, beside --model, or in --out).
@@ -21,8 +22,8 @@ def build_parser():
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", action="append", help="run folder made by train.py (runs/<name>); repeat for "
                                                        "an ensemble (the members' probabilities are averaged)")
-    source.add_argument("--model", action="append", help="a .keras checkpoint or a .onnx export; repeat for an "
-                                                         "ensemble")
+    source.add_argument("--model", action="append", help="a .keras checkpoint, a .onnx or a .tflite export; repeat "
+                                                         "for an ensemble")
     source.add_argument("--compare", nargs="+", metavar="RUN", help="run folders to tabulate side by side")
     parser.add_argument("--checkpoint", default="best_acc",
                         help="with --run: best_acc, best_loss, last or a file path (default: best_acc)")

@@ -1,4 +1,4 @@
-"""Export a trained model to ONNX as a drop-in for the ONNX Model Zoo emotion-ferplus-8.onnx.
+"""Export a trained model to ONNX as a drop-in for the ONNX Model Zoo emotion-ferplus-8.onnx, or to TFLite.
 
     python export.py --run runs/quick                        # runs/quick/model.onnx + model.keras
     python export.py --model best.keras --out deploy/fer.onnx --saved_model
@@ -7,9 +7,12 @@
     python export.py --run runs/quick --quantize int8        # also runs/quick/model.int8.onnx
     python export.py --model runs/quick/model.onnx --quantize int8   # quantize an existing export
     python export.py --run runs/a --run runs/b --tta flip --out ensemble.onnx   # one file, both models
+    python export.py --run runs/quick --format tflite --quantize int8  # model.tflite + model.int8.tflite
 
 The ONNX file takes Input3 float32 [N,1,64,64] (raw grayscale 0..255, NCHW) and returns
 Plus692_Output_0 [N,8] logits in FER+ order; it is checked against the Keras model before it is kept.
+The TFLite files take the same pixels in TFLite's NHWC layout, [N,64,64,1], and say so in
+<file>.json beside them.
 """
 import argparse
 from pathlib import Path
@@ -21,11 +24,16 @@ from ferkeras.export import DEFAULT_OPSET, MAX_OPSET, export_command  # TensorFl
 from ferkeras.quantize import (CALIBRATION_METHODS, DEFAULT_CALIBRATION_FACES, DEFAULT_METHOD, MIN_AGREEMENT,
                                check_calibration_options, check_quantize_choice)
 
+FORMATS = ("onnx", "tflite")
+
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--format", default="onnx",
+                        help=f"{' / '.join(FORMATS)}: ONNX (the emotion-ferplus-8 contract) or TFLite for phones and "
+                             "edge boards (NHWC [N,64,64,1], same pixels and scores) (default: onnx)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--run", action="append", help="run folder made by train.py (runs/<name>); repeat for an "
                         "ensemble: one ONNX file that runs every member and averages their probabilities")
@@ -34,7 +42,8 @@ def build_parser():
     parser.add_argument("--checkpoint", default="best_acc",
                         help="with --run: best_acc, best_loss, last or a file path (default: best_acc)")
     parser.add_argument("--out", help="ONNX path (default: model.onnx in the run folder or beside --model); "
-                                      "with an .onnx --model and --quantize, the int8 file's path")
+                                      "with an .onnx --model and --quantize, the int8 file's path; with "
+                                      "--format tflite, the .tflite path (default: model.tflite)")
     parser.add_argument("--tta", default="none", choices=("none", "flip", "crops"),
                         help="build test-time augmentation into the graph: flip averages each face with its "
                              "mirror, crops adds five crops of 90%% of the side (default: none)")
@@ -53,7 +62,8 @@ def build_parser():
     quant.add_argument("--quantize", metavar="int8",
                        help="also write <name>.int8.onnx beside the float file, calibrated on training "
                             "faces, and report size, speed and validation accuracy of both in "
-                            "quantization.json (only int8 exists)")
+                            "quantization.json (only int8 exists); with --format tflite, <name>.int8.tflite "
+                            "(full integer, float input and output; see docs/deploy.md)")
     quant.add_argument("--calibration_faces", type=int, default=DEFAULT_CALIBRATION_FACES,
                        help=f"training faces that calibrate the activation ranges (default: "
                             f"{DEFAULT_CALIBRATION_FACES})")
@@ -83,15 +93,51 @@ def check_quantize_flags(args, onnx_model):
                         "(give --run or --model FILE.keras)")
 
 
+def check_tflite_flags(args):
+    """Flags whose meaning is ONNX's alone are refused with --format tflite, rather than ignored."""
+    onnx_only = (("--check_reference", args.check_reference is not None, "it compares ONNX files"),
+                 ("--saved_model", args.saved_model, "it comes with the ONNX export"),
+                 ("--opset", args.opset != DEFAULT_OPSET, "it is an ONNX setting"),
+                 ("--per_channel", args.per_channel, "TFLite always quantizes convolutions per channel"),
+                 ("--calibration_method", args.calibration_method != DEFAULT_METHOD,
+                  "the TFLite converter calibrates by min/max only"))
+    for flag, given, reason in onnx_only:
+        if given:
+            raise UserError(f"{flag}: applies to --format onnx only ({reason}); drop it for --format tflite")
+    check_quantize_flags(args, None)
+
+
+def export_tflite(args):
+    from ferkeras.tflite_export import check_tflite_out, export_tflite_command
+
+    check_tflite_flags(args)
+    if args.out:
+        check_tflite_out(Path(args.out))
+    ferkeras.import_keras_quietly()  # only converting needs TensorFlow: flag errors come first
+
+    export_tflite_command(run=args.run, model=args.model, checkpoint=args.checkpoint, out=args.out,
+                          data_dir=args.data_dir, quantize=args.quantize,
+                          calibration_faces_count=args.calibration_faces, min_agreement=args.min_agreement,
+                          input_name=args.input_name, output_name=args.output_name)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.format not in FORMATS:
+        raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {args.format!r}")
+    runs = args.run or []
+    if args.format == "tflite":
+        if len(runs) > 1 or args.tta != "none":
+            raise UserError("--format tflite exports one model; drop the extra --run and --tta, or export the "
+                            "ensemble as ONNX")
+        args.run = runs[0] if runs else None
+        return export_tflite(args)
     if not (args.run or args.model or args.check_reference):
         raise UserError("nothing to do: give --run runs/<name> or --model FILE.keras to export, and/or "
                         "--check_reference emotion-ferplus-8.onnx")
     from ferkeras.evaluation import run_config
     from ferkeras.reference import check_reference
 
-    runs = args.run or []
     if len(runs) > 1 or args.tta != "none":
         if args.quantize is not None or args.check_reference or args.saved_model:
             raise UserError("--quantize, --check_reference and --saved_model work on one model; export the ensemble "

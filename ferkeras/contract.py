@@ -162,14 +162,20 @@ class ContractSession:
 
     def logits(self, contract_input, batch_size=64):
         """float32 (N, 1, 64, 64) -> float32 (N, 8) scores."""
-        step = self.fixed_batch or batch_size
-        chunks = []
-        for start in range(0, len(contract_input), step):
-            chunk = contract_input[start:start + step]
-            missing = step - len(chunk) if self.fixed_batch else 0
-            if missing:
-                chunk = np.concatenate([chunk, np.zeros((missing,) + chunk.shape[1:], chunk.dtype)])
-            chunks.append(self.run_batch(chunk)[:step - missing])
-        if not chunks:
-            return np.zeros((0, NUM_CLASSES), np.float32)
-        return np.concatenate(chunks).astype(np.float32)
+        return logits_in_batches(self.run_batch, contract_input, batch_size, self.fixed_batch)
+
+
+def logits_in_batches(run_batch, inputs, batch_size=64, fixed_batch=None):
+    """Scores (N, 8) of any number of inputs through `run_batch`, `batch_size` at a time; a model with
+    a fixed batch gets chunks of exactly that size, the last one padded with zeros."""
+    step = fixed_batch or batch_size
+    chunks = []
+    for start in range(0, len(inputs), step):
+        chunk = inputs[start:start + step]
+        missing = step - len(chunk) if fixed_batch else 0
+        if missing:
+            chunk = np.concatenate([chunk, np.zeros((missing,) + chunk.shape[1:], chunk.dtype)])
+        chunks.append(run_batch(chunk)[:step - missing])
+    if not chunks:
+        return np.zeros((0, NUM_CLASSES), np.float32)
+    return np.concatenate(chunks).astype(np.float32)

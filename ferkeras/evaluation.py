@@ -148,16 +148,21 @@ def check_class_count(count, source):
 
 
 def load_predictor(path, batch_size=64):
-    """A predictor for a .keras or .onnx file, checked to score the 8 FER+ classes."""
+    """A predictor for a .keras, .onnx or .tflite file, checked to score the 8 FER+ classes."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         return OnnxPredictor(path, batch_size)
+    if suffix == ".tflite":
+        from .tflite import TflitePredictor
+
+        return TflitePredictor(path, batch_size)
     if suffix == ".keras":
         from .models import load_model_file  # Keras loads only when a Keras model is scored
 
         return KerasPredictor(load_model_file(path), batch_size, path)
-    raise UserError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; expected a .keras or .onnx file")
+    raise UserError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; expected a .keras, .onnx or "
+                    ".tflite file")
 
 
 def timed_logits(predictor, faces):

@@ -66,9 +66,9 @@ def check_calibration_options(faces, method):
 
 
 def int8_path(float_path):
-    """model.onnx -> model.int8.onnx, in the same folder."""
+    """model.onnx -> model.int8.onnx (model.tflite -> model.int8.tflite), in the same folder."""
     float_path = Path(float_path)
-    return float_path.with_name(f"{float_path.stem}.int8.onnx")
+    return float_path.with_name(f"{float_path.stem}.int8{float_path.suffix}")
 
 
 # ----------------------------------------------------------------------------- calibration faces
@@ -236,18 +236,29 @@ def quantize_int8(float_path, out_path, calibration, eval_input, method=DEFAULT_
 
 def compare_speed(paths, contract_input, rounds=SPEED_ROUNDS, runs_per_round=LATENCY_RUNS_PER_ROUND,
                   batch=THROUGHPUT_BATCH, threads=0):
-    """Latency at batch 1 (median of rounds x runs_per_round calls) and throughput at `batch` (median
-    over rounds) of each model, timed in alternating rounds after one warm-up call of each size.
+    """Latency at batch 1 and throughput at `batch` of each ONNX file (see time_sessions).
     `threads`: onnxruntime intra-op threads (0: its default, one per core)."""
-    sessions = {name: ContractSession(path, intra_threads=threads) for name, path in paths.items()}
-    one, many = contract_input[:1], contract_input[:batch]
-    for session in sessions.values():
+    sessions = {name: (ContractSession(path, intra_threads=threads), contract_input) for name, path in paths.items()}
+    return time_sessions(sessions, rounds, runs_per_round, batch, threads)
+
+
+def time_sessions(sessions, rounds=SPEED_ROUNDS, runs_per_round=LATENCY_RUNS_PER_ROUND, batch=THROUGHPUT_BATCH,
+                  threads=0):
+    """Latency at batch 1 (median of rounds x runs_per_round calls) and throughput at `batch` (median
+    over rounds) of each session, timed in alternating rounds after one warm-up call of each size.
+
+    `sessions` maps a name to (session, its input): a session has run_batch(batch) and
+    logits(inputs, batch_size) (contract.ContractSession, tflite.TfliteSession), and its input is the
+    faces in the layout it takes. `threads` is only recorded.
+    """
+    firsts = {name: (session, inputs[:1], inputs[:batch]) for name, (session, inputs) in sessions.items()}
+    for session, one, many in firsts.values():
         session.run_batch(one)
         session.logits(many, batch_size=batch)
     latencies = {name: [] for name in sessions}
     rates = {name: [] for name in sessions}
     for _ in range(rounds):
-        for name, session in sessions.items():
+        for name, (session, one, many) in firsts.items():
             for _ in range(runs_per_round):
                 start = time.perf_counter()
                 session.run_batch(one)
@@ -259,7 +270,8 @@ def compare_speed(paths, contract_input, rounds=SPEED_ROUNDS, runs_per_round=LAT
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {name: {"latency_ms_batch1": float(np.median(latencies[name]) * 1000), "load_average_1min": load,
                    "throughput_batch64": float(np.median(rates[name])),
-                   "latency_runs": len(latencies[name]), "throughput_batch": int(len(many)), "threads": threads}
+                   "latency_runs": len(latencies[name]), "throughput_batch": int(len(firsts[name][2])),
+                   "threads": threads}
             for name in sessions}
 
 
