@@ -45,3 +45,49 @@ def import_keras_quietly():
             os.dup2(saved_fd, 2)
             os.close(saved_fd)
     return keras
+
+
+def _register_layers_when_keras_loads():
+    """Make `keras.saving.load_model` find every layer ferkeras saves once `ferkeras` is imported.
+
+    Keras resolves custom layers from its registry, filled when the module defining a layer is
+    imported; it never imports a third-party module by name. Importing ferkeras.models here would load
+    Keras and TensorFlow into every deployment that only runs onnxruntime, so the layers are registered
+    when Keras itself is imported: now if it already is, else right after its import completes.
+    """
+    import importlib
+    import importlib.abc
+    import importlib.util
+    import sys
+
+    def register():
+        try:
+            importlib.import_module("ferkeras.models")
+        except ImportError:  # a deployment-only install: Keras without our training dependencies
+            pass
+
+    if "keras" in sys.modules:
+        register()
+        return
+
+    class AfterKerasImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name != "keras":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec("keras")
+            if spec is None or spec.loader is None:
+                return spec
+            run_module = spec.loader.exec_module
+
+            def exec_module(module):
+                run_module(module)
+                register()
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, AfterKerasImport())
+
+
+_register_layers_when_keras_loads()

@@ -503,3 +503,8 @@ def freeze_summary(info):
 def count_params(weights):
     """Number of scalars in a list of variables (e.g. model.trainable_weights)."""
     return int(sum(np.prod(w.shape) for w in weights))
+
+
+# Importing this module registers every layer a ferkeras checkpoint holds (FaceNet's ScaledResidual lives
+# in its backbone module), so that keras.saving.load_model reads any run's checkpoint.
+import_face_backbones()

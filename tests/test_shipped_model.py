@@ -1,0 +1,44 @@
+"""The compact model shipped in models/: its contract, its metadata, and the accuracy its card states."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ferkeras import CLASSES
+from ferkeras.contract import check_onnx_contract, load_onnx
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+SHIPPED = MODELS / "ferplus-small.onnx"
+SHIPPED_INT8 = MODELS / "ferplus-small.int8.onnx"
+# models/README.md: accuracy on the first SUBSET validation faces kept by the majority protocol.
+SUBSET = 1000
+CARD_SUBSET_ACCURACY = {SHIPPED: None, SHIPPED_INT8: None}
+# A few faces whose top two scores are within float rounding may flip between CPUs (AVX2 / AVX-512);
+# more than this many would be a changed model, not rounding.
+FLIPPABLE = 3
+
+
+@pytest.mark.parametrize("path", [SHIPPED, SHIPPED_INT8], ids=["float", "int8"])
+def test_shipped_model_has_the_contract_and_says_what_it_is(path):
+    info = check_onnx_contract(path)
+    assert info["batch"] is None  # any batch size, like our exports
+    assert info["parameters"] <= 1_000_000
+    assert path.stat().st_size <= 4 * 2**20  # the compact model's budget: at most 4 MB
+    metadata = {p.key: p.value for p in load_onnx(path).metadata_props}
+    assert metadata["classes"] == ",".join(CLASSES)
+    assert metadata["config.model_name"] == "FerNetS"
+    assert metadata["config.training_mode"] == "crossentropy"
+
+
+@pytest.mark.parametrize("path", [SHIPPED, SHIPPED_INT8], ids=["float", "int8"])
+def test_shipped_model_scores_valid_faces_as_its_card_says(path, ferplus_dir):
+    from tests.conftest import REAL_FERPLUS
+
+    if ferplus_dir != REAL_FERPLUS:
+        pytest.skip("the card's accuracy is on real FER+ validation faces (../shared/data/ferplus is absent)")
+    from ferkeras.evaluation import OnnxPredictor, load_eval_split
+
+    faces, labels, _ = load_eval_split(str(ferplus_dir), "valid")
+    predicted = OnnxPredictor(path).logits(faces[:SUBSET]).argmax(axis=1)
+    correct = int(np.sum(predicted == labels[:SUBSET]))
+    assert abs(correct - CARD_SUBSET_ACCURACY[path] * SUBSET) <= FLIPPABLE
