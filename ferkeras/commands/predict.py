@@ -81,7 +81,8 @@ def build_parser():
                         help="inputs are already face crops: each whole image is one face (no margin)")
     parser.add_argument("--no_annotate", action="store_true", help="write no annotated images or video")
     parser.add_argument("--threads", type=int, default=0,
-                        help="threads for onnxruntime and OpenCV; 0 = one per core (default: 0)")
+                        help="threads for onnxruntime and OpenCV, and pictures read and searched at once; "
+                             "0 = one per core (default: 0)")
     parser.add_argument("--smooth", type=float, default=0.0, metavar="ALPHA",
                         help="video only: per-track moving average p = ALPHA x previous + (1 - ALPHA) x "
                              "this frame; 0 = none (default: 0)")
