@@ -217,9 +217,9 @@ class FaceDetector(_Detector):
 
 
 class YuNetDetector(_Detector):
-    """OpenCV's YuNet face detector (`cv2.FaceDetectorYN`, a 0.08 M-parameter CNN; OpenCV Zoo, MIT).
+    """OpenCV's YuNet face detector (`cv2.FaceDetectorYN`, a CNN of 53,121 weights; OpenCV Zoo, MIT).
 
-    `model_path` is the ONNX file (`ferkeras.downloads.yunet_model_path` finds or fetches it). A face
+    `model_path` is the ONNX file (`ferkeras.downloads.model_file_path(YUNET)` finds or fetches it). A face
     is kept when its score is at least `score_threshold` (0..1; higher = fewer, surer faces) and its
     longer box side at least `min_size`; overlapping boxes whose IoU exceeds `nms_threshold` are merged
     into the best-scoring one. A colour image is searched in colour, a gray one as gray BGR.
