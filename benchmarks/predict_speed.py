@@ -2,14 +2,18 @@
 
     python benchmarks/predict_speed.py --model runs/<name>/model.onnx --data_dir PATH
     python benchmarks/predict_speed.py --model a.onnx --model b.int8.onnx --margins 0 0.1 0.2 --pictures 200
+    python benchmarks/predict_speed.py --model small.onnx --detector yunet haar --pictures 100
 
 Builds a folder of JPEG pictures (default 50, 640x480, deterministic): each holds 1 to 4 validation
 faces with a majority label, upscaled to 100-160 px and placed apart on a faint noise background.
-For each model it runs the predictor as predict.py does (read, detect, crop, infer, annotated copies
-written) and reports images/s and faces/s, the seconds per stage, detection recall (placed faces
-found with IoU > 0.5) and false detections, and the accuracy on the found faces against their
-majority labels beside the same model's accuracy on the original 48x48 crops. With several
---margins, the accuracy runs are repeated per margin (without annotation). Writes JSON (--out).
+For each model and each face detector (default: YuNet and the Haar cascade, side by side) it runs the
+predictor as predict.py does (read, detect, crop, infer, annotated copies written; reading and
+detection in predict.py's thread pool) and reports pictures/s and faces/s, the seconds per stage
+(summed over the threads) and the CPU time per picture, detection recall (placed faces found with IoU > 0.5) and false
+detections, and the accuracy on the found faces against their majority labels beside the same
+model's accuracy on the original 48x48 crops. Faces are cropped with each detector's own FER+ margin
+unless --margins is given; with several --margins, the accuracy runs are repeated per margin (without
+annotation). Prints the load average around each run and writes JSON (--out).
 """
 import argparse
 import contextlib
@@ -25,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from common import LoadWindow  # noqa: E402
 from ferkeras.errors import UserError, run_cli, write_text_atomic  # noqa: E402
-from ferkeras.predict import DEFAULT_MARGIN, EmotionPredictor, box_iou, predict_command  # noqa: E402
+from ferkeras.predict import (DETECTORS, EmotionPredictor, box_iou, crop_margin, make_detector,  # noqa: E402
+                              predict_command)
 
 CANVAS = (480, 640)
 
@@ -95,7 +101,9 @@ def score_rows(rows, truth, original_predictions):
             "accuracy_found_original_crops": correct_original / found if found else None}
 
 
-def run_model(model, folder, truth, images, labels, margins, threads, batch_size, work):
+def run_model(model, folder, truth, images, labels, margins, threads, batch_size, work, detector="yunet",
+              detector_model=None):
+    margins = margins or [crop_margin(make_detector(detector=detector, detector_model=detector_model))]
     start = time.perf_counter()
     predictor = EmotionPredictor(model, batch_size=batch_size, threads=threads)
     load_s = time.perf_counter() - start
@@ -103,13 +111,19 @@ def run_model(model, folder, truth, images, labels, margins, threads, batch_size
     originals = predictor.probabilities(images[placed]).argmax(axis=1)
     crop_accuracy = float(np.mean(originals == labels[placed]))
     original_predictions = dict(zip(placed, originals))
-    out = work / f"out_{Path(model).stem}"
-    summary = predict_command([folder], model, out=out, batch_size=batch_size, threads=threads,
-                              margin=margins[0], progress=False)
+    out = work / f"out_{Path(model).stem}_{detector}"
+    options = dict(batch_size=batch_size, threads=threads, detector=detector, detector_model=detector_model,
+                   progress=False)
+    with LoadWindow() as load:
+        cpu_start = time.process_time()
+        summary = predict_command([folder], model, out=out, margin=margins[0], **options)
+        cpu_s = time.process_time() - cpu_start
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     timing = summary.timings
     result = {
         "model": str(model),
+        "detector": detector,
+        **load.as_dict(),
         "size_mb": round(Path(model).stat().st_size / 1e6, 1),
         "load_s": round(load_s, 2),
         "pictures": summary.images,
@@ -117,6 +131,9 @@ def run_model(model, folder, truth, images, labels, margins, threads, batch_size
         "seconds": round(summary.seconds, 2),
         "images_per_s": round(summary.images / summary.seconds, 2),
         "faces_per_s": round(summary.faces / summary.seconds, 2),
+        # CPU seconds of all threads: far less swayed by other jobs on shared cores than the wall clock.
+        "cpu_ms_per_image": round(1000 * cpu_s / summary.images, 1),
+        "cores_used": round(cpu_s / summary.seconds, 2),
         "ms_per_image": {stage: round(1000 * getattr(timing, stage) / summary.images, 1)
                          for stage in ("read", "detect", "infer", "write")},
         "accuracy_on_original_crops": round(crop_accuracy, 4),
@@ -124,9 +141,9 @@ def run_model(model, folder, truth, images, labels, margins, threads, batch_size
     }
     result["by_margin"][str(margins[0])] = score_rows(rows, truth, original_predictions)
     for margin in margins[1:]:
-        predict_command([folder], model, out=work / f"margin_{margin}", batch_size=batch_size,
-                        threads=threads, margin=margin, no_annotate=True, progress=False)
-        rows = [json.loads(line) for line in (work / f"margin_{margin}" / "predictions.jsonl").read_text().splitlines()]
+        margin_out = work / f"margin_{margin}_{detector}"
+        predict_command([folder], model, out=margin_out, margin=margin, no_annotate=True, **options)
+        rows = [json.loads(line) for line in (margin_out / "predictions.jsonl").read_text().splitlines()]
         result["by_margin"][str(margin)] = score_rows(rows, truth, original_predictions)
     return result
 
@@ -140,8 +157,11 @@ def main(argv=None):
                         help="FER+ data (default: $FERKERAS_DATA, else data/)")
     parser.add_argument("--pictures", type=int, default=50, help="pictures to compose (default: 50)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the composition (default: 0)")
-    parser.add_argument("--margins", type=float, nargs="+", default=[DEFAULT_MARGIN],
-                        help=f"crop margins to score; the first is timed (default: {DEFAULT_MARGIN})")
+    parser.add_argument("--detector", nargs="+", default=list(DETECTORS), choices=DETECTORS,
+                        help=f"face detectors to compare (default: {' '.join(DETECTORS)})")
+    parser.add_argument("--detector_model", help="YuNet ONNX file (default: found or fetched, as predict.py does)")
+    parser.add_argument("--margins", type=float, nargs="+",
+                        help="crop margins to score; the first is timed (default: each detector's FER+ margin)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime / OpenCV threads (0 = default)")
     parser.add_argument("--batch_size", type=int, default=64, help="faces per inference call (default: 64)")
     parser.add_argument("--out", default="predict_speed.json", help="JSON report (default: predict_speed.json)")
@@ -154,28 +174,35 @@ def main(argv=None):
     images, targets, _ = load_labelled(args.data_dir, "valid", "majority")
     labels = targets.argmax(axis=1)
     report = {"pictures": args.pictures, "canvas": list(CANVAS[::-1]), "seed": args.seed,
-              "cpu_cores": os.cpu_count(), "cv2_threads": cv2.getNumThreads(), "models": []}
+              "cpu_cores": os.cpu_count(), "cv2_threads": cv2.getNumThreads(), "models": []}  # one per model x detector
     with tempfile.TemporaryDirectory(prefix="predict-speed-") as tmp:
         work = Path(tmp)
         folder = work / "pictures"
         folder.mkdir()
         truth = build_pictures(folder, images, labels, args.pictures, args.seed)
         for model in args.model:
-            with contextlib.redirect_stderr(io.StringIO()):  # the per-picture "no face found" lines
-                result = run_model(model, folder, truth, images, labels, args.margins, args.threads,
-                                   args.batch_size, work)
-            report["models"].append(result)
-            stages = "  ".join(f"{k} {v}" for k, v in result["ms_per_image"].items())
-            print(f"{Path(model).name}: {result['images_per_s']} images/s, {result['faces_per_s']} faces/s "
-                  f"({result['faces_found']} faces in {result['pictures']} pictures); ms/image: {stages}")
-            for margin, scores in result["by_margin"].items():
-                print(f"  margin {margin}: recall {scores['recall']:.3f} ({scores['found_faces']}/"
-                      f"{scores['placed_faces']}), false {scores['false_detections']}, accuracy on found "
-                      f"{scores['accuracy_found']:.3f} (same faces' original crops "
-                      f"{scores['accuracy_found_original_crops']:.3f}; all placed faces' "
-                      f"{result['accuracy_on_original_crops']:.3f})")
+            for detector in args.detector:
+                with contextlib.redirect_stderr(io.StringIO()):  # the per-picture "no face found" lines
+                    result = run_model(model, folder, truth, images, labels, args.margins, args.threads,
+                                       args.batch_size, work, detector, args.detector_model)
+                report["models"].append(result)
+                print_result(result)
     write_text_atomic(args.out, json.dumps(report, indent=2))
     print(f"wrote {args.out}")
+
+
+def print_result(result):
+    stages = "  ".join(f"{k} {v}" for k, v in result["ms_per_image"].items())
+    print(f"{Path(result['model']).name}, {result['detector']}: {result['images_per_s']} pictures/s, "
+          f"{result['faces_per_s']} faces/s ({result['faces_found']} faces in {result['pictures']} pictures; "
+          f"load {result['load_before']} / {result['load_after']}); CPU {result['cpu_ms_per_image']} ms/picture "
+          f"({result['cores_used']} cores busy); ms/picture, summed over threads: {stages}")
+    for margin, scores in result["by_margin"].items():
+        print(f"  margin {margin}: recall {scores['recall']:.3f} ({scores['found_faces']}/"
+              f"{scores['placed_faces']}), false {scores['false_detections']}, accuracy on found "
+              f"{scores['accuracy_found']:.3f} (same faces' original crops "
+              f"{scores['accuracy_found_original_crops']:.3f}; all placed faces' "
+              f"{result['accuracy_on_original_crops']:.3f})")
 
 
 if __name__ == "__main__":

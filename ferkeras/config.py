@@ -91,6 +91,8 @@ OPTIONS = (
            group="data"),
     Option("min_face", 48, "--finetune_from: smallest face side, in pixels, that detection looks for", int,
            group="data"),
+    Option("detector", "yunet", "--finetune_from: face detector, as in predict.py: yunet (OpenCV's CNN detector, "
+           "model file found or fetched once) or haar (the Haar cascade)", choices=("yunet", "haar"), group="data"),
     Option("train_limit", 0, "use only this many training faces (a seeded random subset; 0 = all)", int, group="data"),
     Option("valid_limit", 0, "use only this many validation faces (0 = all)", int, group="data"),
     # model

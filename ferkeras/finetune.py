@@ -30,7 +30,8 @@ def finetune_source(spec):
 def load_finetune_data(config):
     """((train faces, targets), (holdout faces, targets)): your faces split, FER+ mixed into training."""
     faces, targets, _ = load_user_faces(config["data_dir"], config["training_mode"],
-                                        detect=not config["no_detect"], min_face=config["min_face"])
+                                        detect=not config["no_detect"], min_face=config["min_face"],
+                                        detector=config.get("detector", "yunet"))
     rng = np.random.default_rng(config["seed"])
     order = rng.permutation(len(faces))
     held = int(round(config["holdout"] * len(faces)))

@@ -5,10 +5,13 @@ runs wherever onnxruntime does. The model is any file with the `emotion-ferplus-
 (see `ferkeras.contract`): our exports and the ONNX Model Zoo reference alike. Its outputs are
 scores; they are turned into probabilities with a softmax here.
 
-Images: each file is read (`ferkeras.faces.decode_image`), faces are found with OpenCV's Haar
-cascade (or the whole image is taken as one face with `no_detect`), each face is cropped square and
-resized to 64x64 gray, and the faces of several images are scored together in batches. An image
-that cannot be read is skipped with a one-line reason; the rest go on.
+Images: each file is read (`ferkeras.faces.decode_image`), faces are found with OpenCV's YuNet
+(default) or Haar cascade detector (or the whole image is taken as one face with `no_detect`), each
+face is cropped square with the margin that frames that detector's boxes as FER+ faces are framed and
+resized to 64x64 gray, and the faces of several images are scored together in batches. Reading and
+detection run in a small thread pool ahead of inference (OpenCV and onnxruntime release the GIL), so
+the next pictures are searched while the model scores the last batch. An image that cannot be read is
+skipped with a one-line reason; the rest go on.
 
 Videos: frame by frame, the same steps, then faces are followed from frame to frame by box overlap
 (`NearestBoxTracker`) so that their probabilities can be smoothed over time.
@@ -17,9 +20,11 @@ import contextlib
 import csv
 import io
 import json
+import os
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +34,20 @@ from tqdm import tqdm
 
 from . import CLASSES, NUM_CLASSES
 from .contract import INPUT_SIZE, ContractSession, check_onnx_contract
+from .downloads import YUNET, model_file_path
 from .errors import UserError, atomic_path, write_text_atomic
-from .faces import (FERPLUS_MARGIN, IMAGE_SUFFIXES, FaceDetector, crop_face, decode_image, list_images,
-                    to_bgr, to_gray)
+from .faces import (FERPLUS_MARGIN, IMAGE_SUFFIXES, FaceDetector, YuNetDetector, check_thresholds, crop_face,
+                    decode_image, list_images, to_bgr, to_gray)
 
-DEFAULT_MARGIN = FERPLUS_MARGIN  # faces framed as in FER+ (see ferkeras.faces.FERPLUS_MARGIN)
+DEFAULT_MARGIN = FERPLUS_MARGIN  # Haar boxes framed as in FER+ (see ferkeras.faces.FERPLUS_MARGIN)
+DETECTORS = ("yunet", "haar")
+DEFAULT_DETECTOR = "yunet"
+DEFAULT_SCORE_THRESHOLD = 0.6
+DEFAULT_NMS_THRESHOLD = 0.3
+MAX_WORKERS = 4  # reading + detection threads; more than the cores only adds contention
+# The compact model ferkeras ships: ferkeras/shipped/ in an installed package (pyproject.toml maps the
+# checkout's models/ there), models/ at the top of a checkout.
+SHIPPED_MODEL = "ferplus-small.onnx"
 # A batch is scored once it holds this many images even if it has fewer faces than the batch size,
 # so that big photos waiting for their scores (and their annotated copies) do not pile up in memory.
 MAX_PENDING_IMAGES = 16
@@ -41,6 +55,22 @@ FORMATS = ("jsonl", "csv", "both")
 # BGR colour of each class's boxes in annotated images and videos, in CLASSES order.
 CLASS_COLOURS = ((200, 200, 200), (0, 215, 255), (0, 140, 255), (255, 120, 0),
                  (0, 0, 230), (0, 160, 0), (200, 0, 200), (160, 160, 0))
+
+
+def shipped_model_candidates():
+    """Where the shipped model is looked for: inside the installed package, then in the checkout."""
+    package = Path(__file__).resolve().parent
+    return [package / "shipped" / SHIPPED_MODEL, package.parent / "models" / SHIPPED_MODEL]
+
+
+def default_model_path():
+    """The shipped model's path when no --model is given; a one-line `UserError` if it is missing."""
+    for candidate in shipped_model_candidates():
+        if candidate.is_file():
+            return candidate
+    looked = " or ".join(str(c) for c in shipped_model_candidates())
+    raise UserError(f"--model: not given, and the shipped model is missing ({looked}); pass --model FILE.onnx "
+                    "(export.py writes one), or reinstall ferkeras / update the checkout")
 
 
 def softmax(scores):
@@ -82,16 +112,27 @@ def whole_image_box(gray):
     return (0, 0, int(width), int(height))
 
 
-def find_faces(gray, detector, margin):
-    """(boxes, crops) of one gray image; `detector=None` takes the whole image as one face.
+def crop_margin(detector, margin=None):
+    """The margin faces are cropped with: `margin` when given, else the one that frames this
+    detector's boxes as FER+ faces are framed (0 for whole images, `detector=None`)."""
+    if margin is not None:
+        return margin
+    return detector.ferplus_margin if detector is not None else 0.0
 
-    A whole image is cropped without margin: it is already a face crop, and a non-square one is
-    made square by repeating its edges rather than by stretching.
+
+def find_faces(image, detector, margin=None):
+    """(boxes, crops) of one gray or BGR image; `detector=None` takes the whole image as one face.
+
+    The detector searches the image as given (YuNet looks at colour); crops are gray. A whole image
+    is cropped without margin: it is already a face crop, and a non-square one is made square by
+    repeating its edges rather than by stretching.
     """
+    gray = to_gray(image)
     if detector is None:
         box = whole_image_box(gray)
         return [box], [crop_face(gray, box, margin=0.0, size=INPUT_SIZE)]
-    boxes = detector.detect(gray)
+    boxes = detector.detect(image if detector.colour else gray)
+    margin = crop_margin(detector, margin)
     return boxes, [crop_face(gray, box, margin=margin, size=INPUT_SIZE) for box in boxes]
 
 
@@ -114,12 +155,49 @@ class Timings:
     write: float = 0.0
 
 
-def predict_images(paths, predictor, detector, margin=DEFAULT_MARGIN, timings=None):
+def read_and_find(path, detector, margin):
+    """(ImageResult, crops, read seconds, detect seconds) of one file; runs in the worker threads."""
+    start = time.perf_counter()
+    try:
+        pixels = decode_image(path)
+        colour = detector is not None and detector.colour and pixels.ndim == 3
+        image = to_bgr(pixels, path) if colour else to_gray(pixels, path)
+    except UserError as exc:
+        return ImageResult(Path(path), error=str(exc)), [], time.perf_counter() - start, 0.0
+    middle = time.perf_counter()
+    boxes, crops = find_faces(image, detector, margin)
+    return ImageResult(Path(path), boxes=boxes, pixels=pixels), crops, middle - start, time.perf_counter() - middle
+
+
+def default_workers(threads=0):
+    """Reading + detection threads: `threads` when given, else one per core (at most MAX_WORKERS)."""
+    return max(1, min(threads or os.cpu_count() or 1, MAX_WORKERS))
+
+
+def read_ahead(paths, detector, margin, workers):
+    """`read_and_find` of each path, in order, with up to 2 x `workers` files in flight at once."""
+    if workers <= 1:
+        yield from (read_and_find(path, detector, margin) for path in paths)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="ferkeras-detect") as pool:
+        in_flight = deque()
+        for path in paths:
+            in_flight.append(pool.submit(read_and_find, path, detector, margin))
+            if len(in_flight) >= 2 * workers:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
+
+
+def predict_images(paths, predictor, detector, margin=None, timings=None, workers=1):
     """Yield an `ImageResult` per path, in order. Faces of consecutive images share inference batches.
 
-    An unreadable file yields a result with `error` set; nothing is raised for it.
+    `margin=None` crops with the detector's FER+ margin. With `workers` > 1, files are read and
+    searched in that many threads ahead of the one that runs inference (`timings` then sums the
+    seconds of all threads). An unreadable file yields a result with `error` set; nothing is raised.
     """
     timings = timings if timings is not None else Timings()
+    margin = crop_margin(detector, margin)
     pending, pending_faces = [], []
 
     def score_pending():
@@ -136,20 +214,10 @@ def predict_images(paths, predictor, detector, margin=DEFAULT_MARGIN, timings=No
         pending.clear()
         pending_faces.clear()
 
-    for path in paths:
-        start = time.perf_counter()
-        try:
-            pixels = decode_image(path)
-            gray = to_gray(pixels, path)
-        except UserError as exc:
-            timings.read += time.perf_counter() - start
-            pending.append(ImageResult(Path(path), error=str(exc)))
-            continue
-        middle = time.perf_counter()
-        timings.read += middle - start
-        boxes, crops = find_faces(gray, detector, margin)
-        timings.detect += time.perf_counter() - middle
-        pending.append(ImageResult(Path(path), boxes=boxes, pixels=pixels))
+    for result, crops, read_s, detect_s in read_ahead(paths, detector, margin, workers):
+        timings.read += read_s
+        timings.detect += detect_s
+        pending.append(result)
         pending_faces.extend(crops)
         if len(pending_faces) >= predictor.batch_size or len(pending) >= MAX_PENDING_IMAGES:
             yield from score_pending()
@@ -311,23 +379,28 @@ def skip_reason(path, message):
     return text.split(" (")[0].split(";")[0].strip()
 
 
-def predict_command(inputs, model, out="predictions", fmt="both", batch_size=64, min_face=48,
-                    margin=DEFAULT_MARGIN, no_detect=False, no_annotate=False, threads=0,
-                    min_neighbors=5, detect_side=1280, progress=True):
+def predict_command(inputs, model=None, out="predictions", fmt="both", batch_size=64, min_face=48,
+                    margin=None, no_detect=False, no_annotate=False, threads=0,
+                    min_neighbors=5, detect_side=1280, progress=True, detector=DEFAULT_DETECTOR,
+                    score_threshold=DEFAULT_SCORE_THRESHOLD, nms_threshold=DEFAULT_NMS_THRESHOLD,
+                    detector_model=None):
     """Score the faces of image files and folders; write rows and annotated copies into `out`.
 
-    Returns a `Summary`; `summary.images == 0` means nothing could be processed.
+    `model=None` is the shipped model (`default_model_path`); `margin=None` the detector's FER+
+    margin. Returns a `Summary`; `summary.images == 0` means nothing could be processed.
     """
     check_options(fmt, batch_size, margin, threads)
-    predictor = EmotionPredictor(model, batch_size=batch_size, threads=threads)
-    detector = None if no_detect else make_detector(min_face, min_neighbors, detect_side, threads)
+    predictor = EmotionPredictor(model or default_model_path(), batch_size=batch_size, threads=threads)
+    detector = None if no_detect else make_detector(min_face, min_neighbors, detect_side, threads, detector,
+                                                    score_threshold, nms_threshold, detector_model)
     items = expand_inputs(inputs)
     names = AnnotatedNames(Path(out) / "annotated")
     annotated_name = dict(items)
     summary, rows = Summary(), []
     start = time.perf_counter()
     bar = tqdm(total=len(items), unit="image", desc="predict", disable=not progress or len(items) < 2)
-    for result in predict_images([path for path, _ in items], predictor, detector, margin, summary.timings):
+    for result in predict_images([path for path, _ in items], predictor, detector, margin, summary.timings,
+                                 workers=default_workers(threads)):
         bar.update()
         if result.error:
             summary.skipped[skip_reason(result.path, result.error)] += 1
@@ -358,7 +431,7 @@ def check_options(fmt, batch_size, margin, threads, smooth=0.0):
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt}")
     if batch_size < 1:
         raise UserError(f"--batch_size: expected a positive number of faces, got {batch_size}")
-    if not -0.5 < margin <= 2.0:
+    if margin is not None and not -0.5 < margin <= 2.0:
         raise UserError(f"--margin: expected a fraction of the face box between -0.5 and 2 "
                         f"(0.2 adds 20% of the box on each side), got {margin}")
     if threads < 0:
@@ -368,16 +441,28 @@ def check_options(fmt, batch_size, margin, threads, smooth=0.0):
                         f"(0 = no smoothing), got {smooth}")
 
 
-def make_detector(min_face, min_neighbors, detect_side, threads):
+def make_detector(min_face=48, min_neighbors=5, detect_side=1280, threads=0, detector=DEFAULT_DETECTOR,
+                  score_threshold=DEFAULT_SCORE_THRESHOLD, nms_threshold=DEFAULT_NMS_THRESHOLD,
+                  detector_model=None):
+    """A face detector from predict.py's flags: YuNet (its model file given, cached or fetched once;
+    see `ferkeras.downloads`) or the Haar cascade. Both have `detect(gray or BGR) -> boxes` in reading
+    order and `ferplus_margin`; one detector may serve several threads. A one-line `UserError` for a
+    bad value or an unusable model file."""
     if threads:
         cv2.setNumThreads(threads)
+    if detector not in DETECTORS:
+        raise UserError(f"--detector: expected one of {', '.join(DETECTORS)}, got {detector}")
     if min_face < 1:
         raise UserError(f"--min_face: expected a positive number of pixels, got {min_face}")
-    if min_neighbors < 0:
-        raise UserError(f"--min_neighbors: expected 0 or more, got {min_neighbors}")
     if detect_side and detect_side < 64:
         raise UserError(f"--detect_side: expected 0 (full size) or at least 64 pixels, got {detect_side}")
-    return FaceDetector(min_size=min_face, min_neighbors=min_neighbors, max_side=detect_side or None)
+    if detector == "haar":
+        if min_neighbors < 0:
+            raise UserError(f"--min_neighbors: expected 0 or more, got {min_neighbors}")
+        return FaceDetector(min_size=min_face, min_neighbors=min_neighbors, max_side=detect_side or None)
+    check_thresholds(score_threshold, nms_threshold)  # before a model file is looked for or fetched
+    return YuNetDetector(model_file_path(YUNET, detector_model), min_size=min_face, score_threshold=score_threshold,
+                         nms_threshold=nms_threshold, max_side=detect_side or None)
 
 
 # ----------------------------------------------------------------------------- videos
@@ -464,15 +549,18 @@ def video_writer(path, fps, size):
     return writer
 
 
-def predict_video(video, model, out="predictions", fmt="both", batch_size=64, min_face=48,
-                  margin=DEFAULT_MARGIN, no_detect=False, no_annotate=False, threads=0,
-                  min_neighbors=5, detect_side=1280, smooth=0.0, progress=True):
+def predict_video(video, model=None, out="predictions", fmt="both", batch_size=64, min_face=48,
+                  margin=None, no_detect=False, no_annotate=False, threads=0,
+                  min_neighbors=5, detect_side=1280, smooth=0.0, progress=True, detector=DEFAULT_DETECTOR,
+                  score_threshold=DEFAULT_SCORE_THRESHOLD, nms_threshold=DEFAULT_NMS_THRESHOLD,
+                  detector_model=None):
     """Score every frame of a video; write per-face rows (with frame, time and track) and an
     annotated copy (annotated/<stem>.mp4, or .avi for an .avi input). Returns a `Summary` counting
-    frames as its images."""
+    frames as its images. `model`, `margin` and the detector options as in `predict_command`."""
     check_options(fmt, batch_size, margin, threads, smooth)
-    predictor = EmotionPredictor(model, batch_size=batch_size, threads=threads)
-    detector = None if no_detect else make_detector(min_face, min_neighbors, detect_side, threads)
+    predictor = EmotionPredictor(model or default_model_path(), batch_size=batch_size, threads=threads)
+    detector = None if no_detect else make_detector(min_face, min_neighbors, detect_side, threads, detector,
+                                                    score_threshold, nms_threshold, detector_model)
     video = Path(video)
     capture = open_video(video)
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
@@ -496,7 +584,7 @@ def predict_video(video, model, out="predictions", fmt="both", batch_size=64, mi
             summary.images += 1
             bar.update()
             detect_start = time.perf_counter()
-            boxes, crops = find_faces(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), detector, margin)
+            boxes, crops = find_faces(frame, detector, margin)
             infer_start = time.perf_counter()
             summary.timings.detect += infer_start - detect_start
             probabilities = predictor.probabilities(np.stack(crops)) if crops else np.zeros((0, NUM_CLASSES))

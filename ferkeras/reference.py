@@ -5,7 +5,6 @@ grayscale 0..255, and returns Plus692_Output_0 [1, 8] scores in FER+ order; its 
 so it is fed one face per call. Both models get exactly the same contract input
 (`to_contract_input` of the same faces), so any difference in the numbers is the models'.
 """
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 
 from . import CLASSES
 from .contract import ContractSession, check_onnx_contract, to_contract_input
+from .downloads import file_sha256
 from .errors import UserError, write_text_atomic
 
 # Published files, by Model Zoo version: (size in bytes, sha256).
@@ -22,14 +22,6 @@ KNOWN_REFERENCES = {
 }
 LATENCY_REPEATS = 50
 THROUGHPUT_BATCH = 64
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def identify_reference(path):

@@ -5,7 +5,8 @@
     my_faces/ann.jpg ...   any size, colour or grayscale; the face is found and cropped as in predict.py
 
 An optional header row is recognised (its label column is neither a class name nor a number). Each
-image gives one face: the largest the detector finds, or the whole image with `detect=False`.
+image gives one face: the largest the detector finds (YuNet or the Haar cascade, cropped with that
+detector's FER+ margin, as predict.py crops), or the whole image with `detect=False`.
 Images without a face, or unreadable, are skipped with one line each; a label.csv row that cannot be
 understood is an error naming the row.
 """
@@ -16,8 +17,9 @@ import numpy as np
 
 from . import CLASSES, FACE_SIZE, NUM_CLASSES
 from .errors import UserError
-from .faces import FaceDetector, crop_face, read_image
+from .faces import crop_face, read_image_color, to_gray
 from .labels import vote_targets
+from .predict import make_detector
 
 LABEL_FILE = "label.csv"
 
@@ -64,22 +66,23 @@ def _row_votes(row, label_file, line):
 
 def face_of(path, detector):
     """The 48x48 face of one image (the largest detected, or the whole image without a detector)."""
-    gray = read_image(path)
+    bgr = read_image_color(path)
+    gray = to_gray(bgr)
     if detector is None:
-        box = (0, 0, gray.shape[1], gray.shape[0])
-    else:
-        boxes = detector.detect(gray)
-        if not boxes:
-            return None
-        box = max(boxes, key=lambda b: b[2] * b[3])
-    return crop_face(gray, box, size=FACE_SIZE)
+        return crop_face(gray, (0, 0, gray.shape[1], gray.shape[0]), margin=0.0, size=FACE_SIZE)
+    boxes = detector.detect(bgr if detector.colour else gray)
+    if not boxes:
+        return None
+    box = max(boxes, key=lambda b: b[2] * b[3])
+    return crop_face(gray, box, margin=detector.ferplus_margin, size=FACE_SIZE)
 
 
-def load_user_faces(data_dir, mode="majority", detect=True, min_face=48):
-    """(faces uint8 (N, 48, 48), targets (N, 8), names) of a user's folder, skipping unusable images."""
+def load_user_faces(data_dir, mode="majority", detect=True, min_face=48, detector="yunet"):
+    """(faces uint8 (N, 48, 48), targets (N, 8), names) of a user's folder, skipping unusable images.
+    `detector` is predict.py's: "yunet" or "haar"."""
     data_dir = Path(data_dir)
     labels = read_user_labels(data_dir / LABEL_FILE)
-    detector = FaceDetector(min_size=min_face) if detect else None
+    detector = make_detector(min_face=min_face, detector=detector) if detect else None
     faces, votes, names, skipped = [], [], [], 0
     for name, row_votes in labels:
         path = data_dir / name

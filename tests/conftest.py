@@ -4,6 +4,9 @@
   there, else a synthetic one whose classes a small model can learn.
 - `small_ferplus`: a few hundred faces of `ferplus_dir` copied into a small folder layout.
 - `small_kaggle`: the same faces as a Kaggle `fer2013.csv` + FERPlus `fer2013new.csv` pair.
+- `yunet_model`: the YuNet face detector file (../shared/weights), also put in the session's model
+  cache so that the default detector finds it; tests that need it skip without it. No test downloads:
+  FERKERAS_NO_DOWNLOAD is set for the whole session.
 
 The fixtures build their files with csv and OpenCV directly, not with `ferkeras.data`, so that the
 data loader's own tests compare it against something it did not produce.
@@ -20,6 +23,7 @@ import ferkeras  # noqa: F401  (sets TensorFlow's environment before any test im
 from ferkeras import FACE_SIZE, NUM_CLASSES, VOTE_COLUMNS
 
 REAL_FERPLUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ferplus"
+SHARED_YUNET = Path(__file__).resolve().parents[2] / "shared" / "weights" / "face_detection_yunet_2023mar.onnx"
 SPLIT_FOLDERS = {"train": "FER2013Train", "valid": "FER2013Valid"}
 USAGES = {"train": "Training", "valid": "PublicTest"}
 SYNTHETIC_SIZES = {"train": 400, "valid": 120}
@@ -39,6 +43,26 @@ def isolated_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FERKERAS_CACHE", str(tmp_path_factory.mktemp("ferkeras-cache")))
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cached_yunet(isolated_cache):
+    """No downloads in tests; the shared YuNet file, when there, in the cache where predict looks for it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FERKERAS_NO_DOWNLOAD", "1")
+        if SHARED_YUNET.is_file():
+            weights = Path(os.environ["FERKERAS_CACHE"]) / "weights"
+            weights.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(SHARED_YUNET, weights / SHARED_YUNET.name)
+        yield
+
+
+@pytest.fixture(scope="session")
+def yunet_model(cached_yunet):
+    """The YuNet model file (a copy in the session cache), or a skip when the shared file is absent."""
+    if not SHARED_YUNET.is_file():
+        pytest.skip(f"needs the YuNet face detector model ({SHARED_YUNET})")
+    return Path(os.environ["FERKERAS_CACHE"]) / "weights" / SHARED_YUNET.name
 
 
 @pytest.fixture(scope="session")

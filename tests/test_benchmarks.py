@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import ferkeras
+from tests.test_predict import models  # noqa: F401  (a fixture: stand-in contract models)
 
 keras = ferkeras.import_keras_quietly()
 
@@ -253,3 +254,25 @@ def test_stack_step_refuses_impossible_settings():
     stack_step = load_script("stack_step")
     with pytest.raises(ferkeras.errors.UserError, match="--image_size: at least 32"):
         stack_step.main(["--image_size", "16"])
+
+
+def test_framing_and_speed_benchmarks_report_both_detectors(ferplus_dir, small_ferplus, models, yunet_model,
+                                                             tmp_path):
+    """benchmarks/face_framing.py and predict_speed.py, tiny, on real faces with a stand-in model."""
+    from ferkeras.predict import make_detector
+    from tests.conftest import REAL_FERPLUS
+
+    if Path(ferplus_dir) != REAL_FERPLUS:
+        pytest.skip("the benchmarks measure real faces")
+    load_script("face_framing").main(["--data_dir", str(small_ferplus), "--faces", "12",
+                                         "--out", str(tmp_path / "framing.json")])
+    framing = json.loads((tmp_path / "framing.json").read_text())
+    assert [d["detector"] for d in framing["detectors"]] == ["haar", "yunet"]
+    assert all(d["framed"] >= 6 and 0.7 < d["ratio_quartiles"][1] < 1.4 for d in framing["detectors"]), framing
+    load_script("predict_speed").main(["--model", str(models["dynamic"]), "--data_dir", str(small_ferplus),
+                                          "--pictures", "4", "--out", str(tmp_path / "speed.json")])
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    assert [r["detector"] for r in speed["models"]] == ["yunet", "haar"]
+    for result in speed["models"]:
+        scores = result["by_margin"][str(make_detector(detector=result["detector"]).ferplus_margin)]
+        assert result["pictures"] == 4 and scores["found_faces"] + scores["false_detections"] == result["faces_found"]

@@ -49,7 +49,11 @@ def test_missing_label_file_says_what_to_add(tmp_path):
         read_user_labels(tmp_path / "label.csv")
 
 
-def test_faces_are_found_in_photos_and_unusable_images_are_skipped(real_faces, tmp_path, capsys):  # noqa: F811
+@pytest.mark.parametrize("detector", ["yunet", "haar"])
+def test_faces_are_found_in_photos_and_unusable_images_are_skipped(real_faces, tmp_path, capsys, detector,  # noqa: F811
+                                                                   request):
+    if detector == "yunet":
+        request.getfixturevalue("yunet_model")
     folder = tmp_path / "photos"
     rows = []
     for i, face in enumerate(real_faces[:3]):
@@ -61,7 +65,7 @@ def test_faces_are_found_in_photos_and_unusable_images_are_skipped(real_faces, t
     cv2.imwrite(str(folder / "empty.png"), faint_noise(200, 200, seed=9))
     rows += [("empty.png", "anger"), ("gone.jpg", "fear")]
     write_labels(folder, rows)
-    faces, targets, names = load_user_faces(folder)
+    faces, targets, names = load_user_faces(folder, detector=detector)
     out = capsys.readouterr().out
     assert names == ["p0.jpg", "p1.jpg", "p2.jpg"] and faces.shape == (3, 48, 48)
     np.testing.assert_array_equal(targets.argmax(1), [0, 1, 2])

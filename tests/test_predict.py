@@ -4,7 +4,9 @@ The stand-in models are linear maps of the 64x64 pixels built with onnx.helper (
 batch, one with the reference's fixed batch of 1), so every probability the predictor reports is
 recomputed here with numpy from the image pixels under the reported box. Detection tests place real
 FER+ faces (upscaled to 140 px) at known places on a faint noise background and need the real faces;
-everything else runs on whatever `ferplus_dir` provides.
+everything else runs on whatever `ferplus_dir` provides. These tests use the Haar cascade (its boxes are
+square and lie inside the picture, so the expected crops are plain slices); YuNet, the default detector,
+is tested in test_detectors.py.
 """
 import csv
 import json
@@ -127,7 +129,8 @@ def read_jsonl(path):
 def test_faces_are_found_in_place_in_reading_order_and_scored(real_faces, models, tmp_path):
     picture = compose(real_faces)
     cv2.imwrite(str(tmp_path / "group.png"), picture)
-    summary = predict_command([tmp_path / "group.png"], models["dynamic"], out=tmp_path / "out", progress=False)
+    summary = predict_command([tmp_path / "group.png"], models["dynamic"], out=tmp_path / "out", progress=False,
+                              detector="haar")
     assert (summary.images, summary.faces, summary.no_face) == (1, 6, 0)
 
     rows = read_jsonl(tmp_path / "out" / "predictions.jsonl")
@@ -162,8 +165,9 @@ def test_a_fixed_batch_model_gives_the_same_rows(real_faces, models, tmp_path):
     cv2.imwrite(str(folder / "a.png"), compose(real_faces))
     cv2.imwrite(str(folder / "b.jpg"), compose(real_faces[::-1], seed=5))
     dynamic = predict_command([folder], models["dynamic"], out=tmp_path / "dyn", batch_size=4,
-                              no_annotate=True, progress=False)
-    fixed = predict_command([folder], models["fixed"], out=tmp_path / "fix", no_annotate=True, progress=False)
+                              no_annotate=True, progress=False, detector="haar")
+    fixed = predict_command([folder], models["fixed"], out=tmp_path / "fix", no_annotate=True, progress=False,
+                            detector="haar")
     assert dynamic.faces == fixed.faces == 12
     first = read_jsonl(tmp_path / "dyn" / "predictions.jsonl")
     second = read_jsonl(tmp_path / "fix" / "predictions.jsonl")
@@ -187,7 +191,7 @@ def test_large_pictures_are_searched_at_detect_side_with_boxes_in_full_size_pixe
 def test_a_picture_without_faces_gives_no_rows_and_says_so(models, tmp_path, capsys):
     cv2.imwrite(str(tmp_path / "empty.png"), faint_noise(*CANVAS, seed=3))
     summary = predict_command([tmp_path / "empty.png"], models["dynamic"], out=tmp_path / "out",
-                              progress=False)
+                              progress=False, detector="haar")
     assert (summary.images, summary.faces, summary.no_face) == (1, 0, 1)
     assert "no face found" in capsys.readouterr().err
     assert read_jsonl(tmp_path / "out" / "predictions.jsonl") == []
@@ -309,7 +313,8 @@ def test_cli_exit_codes_for_nothing_processed_and_a_wrong_model(models, tmp_path
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "a.png").write_text("text")
     (tmp_path / "broken" / "b.jpg").write_bytes(b"\xff\xd8 truncated")
-    nothing = run_predict(["--model", models["dynamic"], tmp_path / "broken", "--out", tmp_path / "o1"], tmp_path)
+    nothing = run_predict(["--model", models["dynamic"], tmp_path / "broken", "--out", tmp_path / "o1",
+                           "--detector", "haar"], tmp_path)
     assert nothing.returncode == 1
     assert "0 images, 0 faces, 0 images without a face, 2 skipped (2 not a readable image)" in nothing.stdout
 
@@ -325,7 +330,7 @@ def test_cli_exit_codes_for_nothing_processed_and_a_wrong_model(models, tmp_path
         assert result.stderr.startswith(f"error: {model}: ") and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o2").exists()
-    missing = run_predict(["--model", models["dynamic"], tmp_path / "nowhere.jpg"], tmp_path)
+    missing = run_predict(["--model", models["dynamic"], tmp_path / "nowhere.jpg", "--detector", "haar"], tmp_path)
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr
 
 
