@@ -12,10 +12,12 @@ SHIPPED = MODELS / "ferplus-small.onnx"
 SHIPPED_INT8 = MODELS / "ferplus-small.int8.onnx"
 # models/README.md: accuracy on the first SUBSET validation faces kept by the majority protocol.
 SUBSET = 1000
-CARD_SUBSET_ACCURACY = {SHIPPED: None, SHIPPED_INT8: None}
-# A few faces whose top two scores are within float rounding may flip between CPUs (AVX2 / AVX-512);
-# more than this many would be a changed model, not rounding.
-FLIPPABLE = 3
+CARD_SUBSET_ACCURACY = {SHIPPED: 0.868, SHIPPED_INT8: 0.868}
+# Faces allowed to change between CPUs. Float: none of the 1,000 has its top two probabilities within
+# 1e-4, so only a changed model moves more than a face or two. int8: onnxruntime's U8S8 kernels add
+# products in saturating int16 on AVX2 but in int32 with AVX-512 VNNI, and 11 of the 1,000 faces have
+# top two scores within 1e-4 (quantized scores tie), so the two CPUs may disagree on a few more.
+FLIPPABLE = {SHIPPED: 3, SHIPPED_INT8: 15}
 
 
 @pytest.mark.parametrize("path", [SHIPPED, SHIPPED_INT8], ids=["float", "int8"])
@@ -41,4 +43,4 @@ def test_shipped_model_scores_valid_faces_as_its_card_says(path, ferplus_dir):
     faces, labels, _ = load_eval_split(str(ferplus_dir), "valid")
     predicted = OnnxPredictor(path).logits(faces[:SUBSET]).argmax(axis=1)
     correct = int(np.sum(predicted == labels[:SUBSET]))
-    assert abs(correct - CARD_SUBSET_ACCURACY[path] * SUBSET) <= FLIPPABLE
+    assert abs(correct - CARD_SUBSET_ACCURACY[path] * SUBSET) <= FLIPPABLE[path]
