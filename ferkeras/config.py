@@ -162,7 +162,8 @@ def build_parser(description=None):
     parser.add_argument("--config", help="YAML recipe (see configs/); flags given here override it")
     groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
     for opt in OPTIONS:
-        kwargs = {"help": f"{opt.help} (default: {opt.default})"}
+        # argparse expands %-formats in help texts; ours are plain text.
+        kwargs = {"help": f"{opt.help} (default: {opt.default})".replace("%", "%%")}
         if opt.type is bool:
             kwargs["action"] = "store_true"
         elif opt.multiple:
