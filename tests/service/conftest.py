@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +33,12 @@ YUNET_NAME = "face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 YUNET_PLACES = (REPO / "models" / YUNET_NAME, REPO.parent / "shared" / "weights" / YUNET_NAME)
 YUNET_SETTINGS = dict(score_threshold=0.9, nms_threshold=0.3, top_k=5000)  # ferkeras.service.web.YUNET
+SCREENSHOTS = []  # the page tests' screenshots, listed at the end of the run
+
+
+def pytest_terminal_summary(terminalreporter):
+    for path in SCREENSHOTS:
+        terminalreporter.write_line(f"page screenshot: {path}")
 
 
 @pytest.fixture(scope="session")
@@ -79,38 +86,43 @@ def yunet_faces(bgr, yunet, threshold=YUNET_SETTINGS["score_threshold"]):
 
 @pytest.fixture(scope="session")
 def group_picture(ferplus_dir, yunet_model, tmp_path_factory):
-    """Six validation faces YuNet finds when each is shown alone, placed as tests/test_predict.py
-    places them, as an 8-bit gray PNG (which browsers and OpenCV decode to the same levels).
+    """Six validation faces placed as tests/test_predict.py places them, as an 8-bit gray PNG
+    (which browsers and OpenCV decode to the same levels).
 
     The page and Python run YuNet on different engines, whose box coordinates differ by ~1e-5 px,
-    so the picture is checked to have no borderline case that such a difference could flip: every
-    detection scores at least 0.005 away from the threshold, and no box coordinate lies within 0.01
-    of a half pixel (boxes are rounded to whole pixels before cropping)."""
+    so faces are taken in label.csv order only when the picture keeps no borderline case that such
+    a difference could flip: every detection scores at least 0.005 away from the threshold, and no
+    box coordinate lies within 0.01 of a half pixel (boxes are rounded to whole pixels to crop)."""
     if Path(ferplus_dir) != REAL_FERPLUS:
         pytest.skip("the page tests need the real FER+ faces; the synthetic stand-ins are not faces")
     folder = Path(ferplus_dir) / "FER2013Valid"
     picked = []
-    for row in read_label_rows(folder / "label.csv")[:60]:
+    for row in read_label_rows(folder / "label.csv")[:80]:
         face = cv2.resize(cv2.imread(str(folder / row[0]), cv2.IMREAD_GRAYSCALE), (FACE_SIDE, FACE_SIDE),
                           interpolation=cv2.INTER_CUBIC)
-        alone = faint_noise(480, 640, seed=1)
-        alone[100:100 + FACE_SIDE, 100:100 + FACE_SIDE] = face
-        scores = yunet_faces(cv2.cvtColor(alone, cv2.COLOR_GRAY2BGR), yunet_model)[:, 14]
-        if len(scores) == 1 and scores[0] > 0.91:
+        if clear_cut(compose_gray(picked + [face]), yunet_model, len(picked) + 1):
             picked.append(face)
         if len(picked) == len(PLACES):
-            break
+            path = tmp_path_factory.mktemp("group") / "group.png"
+            cv2.imwrite(str(path), compose_gray(picked))
+            return path
+    pytest.fail(f"only {len(picked)} of the first 80 validation faces make a clear-cut picture for YuNet")
+
+
+def compose_gray(faces):
     canvas = faint_noise(480, 640, seed=2)
-    for (x, y), face in zip(PLACES, picked):
+    for (x, y), face in zip(PLACES, faces):
         canvas[y:y + FACE_SIDE, x:x + FACE_SIDE] = face
-    found = yunet_faces(cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR), yunet_model, threshold=0.85)
-    assert len(found[found[:, 14] >= 0.9]) == len(PLACES), "YuNet should find the six placed faces"
-    assert np.all(np.abs(found[:, 14] - 0.9) > 0.005), found[:, 14]
-    fractions = found[:, :4] - np.floor(found[:, :4])
-    assert np.all(np.abs(fractions - 0.5) > 0.01), found[:, :4]
-    path = tmp_path_factory.mktemp("group") / "group.png"
-    cv2.imwrite(str(path), canvas)
-    return path
+    return canvas
+
+
+def clear_cut(gray, yunet, count, threshold=YUNET_SETTINGS["score_threshold"]):
+    """YuNet finds `count` faces in `gray`, and nothing in it is within rounding reach of a change."""
+    found = yunet_faces(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), yunet, threshold=threshold - 0.05)
+    scores = found[:, 14]
+    boxes = found[scores >= threshold, :4]
+    return (int(np.sum(scores >= threshold)) == count and bool(np.all(np.abs(scores - threshold) > 0.005))
+            and bool(np.all(np.abs(boxes - np.floor(boxes) - 0.5) > 0.01)))
 
 
 # ----------------------------------------------------------------------------- live servers
@@ -177,7 +189,13 @@ def start_server(tmp_path_factory):
         server.stop()
 
 
-def chromium_path():
-    """The Chromium the page tests drive: /usr/bin/chromium (Debian's package) unless
-    $FERKERAS_CHROMIUM names another."""
-    return os.environ.get("FERKERAS_CHROMIUM", "/usr/bin/chromium")
+def need_tool(name, install):
+    """The path of program `name`; without it the test is skipped, except under .ci/run
+    (FERKERAS_CI=1), which installs it, so that there its absence fails."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed ({install}); .ci/run installs it"
+        if os.environ.get("FERKERAS_CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

@@ -192,6 +192,7 @@ function describe(faces) {
 
 async function showPhoto(file) {
   stopWebcam();
+  setStatus("busy", `Reading ${file.name}…`); // at once, before the first await
   let bitmap;
   try {
     bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
