@@ -46,7 +46,7 @@ class Settings:
     model: Path
     # Keyword arguments of ferkeras.predict.make_detector, passed through unchanged.
     detector_options: dict = field(default_factory=lambda: dict(min_face=48, min_neighbors=5, detect_side=1280,
-                                                                threads=0))
+                                                                threads=1))
     margin: float = DEFAULT_MARGIN
     max_bytes: int = 10_000_000
     max_pixels: int = 40_000_000

@@ -273,3 +273,20 @@ def test_image_size_reads_the_header_as_opencv_decodes_the_file(suffix, params, 
     decoded = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_UNCHANGED)
     assert image_size(encoded) == (kind, decoded.shape[1], decoded.shape[0]) == (kind, 53, 37)
     assert image_size(encoded[:10]) is None
+
+
+def test_main_is_importable_by_the_ferkeras_command_and_raises_user_errors(tmp_path):
+    from ferkeras.errors import UserError
+    from ferkeras.service import main
+
+    with pytest.raises(UserError, match="missing.onnx: no such model file; give --model PATH"):
+        main(["--model", str(tmp_path / "missing.onnx")])
+
+
+def test_the_service_imports_no_tensorflow_or_keras(fernet_onnx):
+    code = ("import sys; from ferkeras.service.app import Settings, create_app; "
+            f"create_app(Settings(model={str(fernet_onnx)!r})); "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -17,7 +17,7 @@ from ferkeras.faces import crop_face, read_image, reading_order
 from ferkeras.predict import DEFAULT_MARGIN, EmotionPredictor, box_iou
 from tests.service.conftest import SCREENSHOTS, need_tool, yunet_faces
 
-TIMEOUT_MS = 90_000  # loading onnxruntime-web and two models on two busy cores
+TIMEOUT_MS = 180_000  # loading onnxruntime-web and two models on two busy cores
 
 
 @pytest.fixture(scope="module")

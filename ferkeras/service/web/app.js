@@ -202,7 +202,9 @@ async function showPhoto(file) {
     return;
   }
   setStatus("busy", `Looking for faces in ${file.name}…`);
+  const started = performance.now();
   const { picture, faces } = await analyse(bitmap, bitmap.width, bitmap.height);
+  $("timing").textContent = `${bitmap.width}x${bitmap.height}, analysed in ${Math.round(performance.now() - started)} ms`;
   draw(picture, faces);
   list(faces);
   setStatus("done", `${file.name}: ${describe(faces)}`);
