@@ -3,7 +3,7 @@
     python serve.py --model models/ferplus-small.onnx [--host 127.0.0.1 --port 8000]
     python serve.py --help       # every option; the same as `ferkeras serve`
 
-See ferkeras/service/cli.py for the endpoints and docs/deploy.md ("HTTP service") for the figures.
+See ferkeras/service/cli.py for the endpoints and docs/serve.md for the figures.
 """
 import sys
 

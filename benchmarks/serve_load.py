@@ -9,8 +9,10 @@ faces upscaled to 100-160 px on a faint background), starts serve.py on a free p
 threads, each on its own keep-alive connection, posting the pictures in turn to /v1/predict as
 multipart forms until --requests are answered or --max_seconds have passed. Reports requests/s,
 pictures/s, faces/s, p50 / p99 latency, errors (any answer but 200 with the expected image size),
-the server's faces per onnxruntime call, its CPU seconds per picture (when started here: less swayed
-by other jobs on shared cores than the rates) and the load average. Writes JSON (--out).
+the server's faces per onnxruntime call, its CPU seconds per picture when started here (beside the
+CPU seconds per picture of the same steps run in this process without HTTP, measured just before:
+both swell alike when other jobs share the cores, their ratio less so) and the load average.
+Writes JSON (--out); exits 1 when any request failed.
 """
 import argparse
 import json
@@ -54,6 +56,13 @@ def form(name, data):
     return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
+def check_loopback(url):
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname not in LOOPBACK:
+        raise UserError(f"--url {url}: this load test only talks to a server on 127.0.0.1 (loopback)")
+    return parts
+
+
 class Server:
     """serve.py started on a free loopback port, or an existing one at `url`."""
 
@@ -67,9 +76,7 @@ class Server:
                 self.stop()
                 raise UserError(f"serve.py --model {model} did not start; run it alone to see why")
             url = match.group(0)
-        parts = urllib.parse.urlsplit(url)
-        if parts.hostname not in LOOPBACK:
-            raise UserError(f"--url {url}: this load test only talks to a server on 127.0.0.1 (loopback)")
+        parts = check_loopback(url)
         self.host, self.port = parts.hostname, parts.port or 80
         self.health()
 
@@ -137,6 +144,24 @@ def run_clients(server, pictures, clients, requests, max_seconds):
     return latencies, errors, time.perf_counter() - start
 
 
+def pipeline_cpu_per_picture(model, pictures):
+    """CPU seconds per picture of the service's steps run here in one thread, without HTTP: what
+    the server's own CPU time per picture is compared with (both swell alike on a busy machine)."""
+    import numpy as np
+
+    from ferkeras.faces import to_gray
+    from ferkeras.predict import EmotionPredictor, find_faces, make_detector
+    from ferkeras.service.images import decode_upload
+
+    detector, predictor = make_detector(48, 5, 1280, threads=1), EmotionPredictor(model, threads=1)
+    start = time.process_time()
+    for name, data, _ in pictures:
+        crops = find_faces(to_gray(decode_upload(data, name, 40_000_000)), detector, 0.0)[1]
+        if crops:
+            predictor.probabilities(np.stack(crops))
+    return (time.process_time() - start) / len(pictures)
+
+
 def percentile(values, fraction):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))] if ordered else None
@@ -163,7 +188,10 @@ def main(argv=None):
         raise UserError(f"{args.model}: no such ONNX file; give a contract model (export.py writes one)")
     if min(args.clients, args.requests, args.pictures) < 1:
         raise UserError("--clients, --requests and --pictures: expected positive numbers")
+    if args.url:
+        check_loopback(args.url)  # before the pictures are composed
     pictures = compose_pictures(args.data_dir, args.pictures, args.seed)
+    pipeline_cpu = pipeline_cpu_per_picture(args.model, pictures) if args.model else None
     server = Server(args.url, args.model, args.server_args.split())
     try:
         run_clients(server, pictures, min(args.clients, 4), 2 * min(args.clients, 4), 30)  # warm-up
@@ -187,6 +215,7 @@ def main(argv=None):
         "faces_per_onnxruntime_call": round((after["faces"] - before["faces"]) / calls, 2) if calls else None,
         "server_cpu_s_per_picture": round((cpu_after - cpu_before) / answered, 4)
         if cpu_before is not None and answered else None,
+        "pipeline_cpu_s_per_picture": round(pipeline_cpu, 4) if pipeline_cpu else None,
         "cpu_cores": os.cpu_count(), **load.as_dict(),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
     }
@@ -194,7 +223,8 @@ def main(argv=None):
           f"{report['requests_per_s']} requests/s = pictures/s, {report['faces_found_per_s']} faces/s; "
           f"latency p50 {report['latency_ms']['p50']} ms, p99 {report['latency_ms']['p99']} ms; "
           f"{report['faces_per_onnxruntime_call']} faces per onnxruntime call; server CPU "
-          f"{report['server_cpu_s_per_picture']} s/picture; load {load.text()} on {os.cpu_count()} cores")
+          f"{report['server_cpu_s_per_picture']} s/picture (the bare pipeline in one thread: "
+          f"{report['pipeline_cpu_s_per_picture']}); load {load.text()} on {os.cpu_count()} cores")
     for error in errors[:5]:
         print(f"  error: {error}")
     write_text_atomic(args.out, json.dumps(report, indent=2))

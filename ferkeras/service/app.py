@@ -54,7 +54,7 @@ class Settings:
     batch_faces: int = 64
     batch_wait_ms: float = 5.0
     workers: int = 2
-    threads: int = 0  # onnxruntime threads; 0 = one per core
+    threads: int = 1  # onnxruntime threads; 0 = one per core
     detector_model: Path = None  # YuNet, for the page
     ort_dir: Path = web.DEFAULT_ORT_DIR
 

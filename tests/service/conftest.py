@@ -67,7 +67,7 @@ def yunet_model():
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             assert digest == YUNET_SHA256, f"{path}: sha256 {digest}, not the published YuNet 2023mar file"
             return path
-    pytest.skip(f"the YuNet model {YUNET_NAME} is not committed; put it in models/ (docs/deploy.md says where "
+    pytest.skip(f"the YuNet model {YUNET_NAME} is not committed; put it in models/ (docs/serve.md says where "
                 "to fetch it)")
 
 

@@ -290,3 +290,17 @@ def test_the_service_imports_no_tensorflow_or_keras(fernet_onnx):
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_load_test_script_runs_end_to_end_on_a_live_server(server, small_ferplus, tmp_path):
+    out = tmp_path / "load.json"
+    done = subprocess.run([sys.executable, "benchmarks/serve_load.py", "--url", server.url, "--data_dir",
+                           str(small_ferplus), "--pictures", "3", "--clients", "2", "--requests", "6", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert (report["answered"], report["errors"], report["clients"]) == (6, 0, 2)
+    assert report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
+    refused = subprocess.run([sys.executable, "benchmarks/serve_load.py", "--url", "http://192.0.2.1:8000/"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "only talks to a server on 127.0.0.1" in refused.stderr

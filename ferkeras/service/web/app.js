@@ -251,7 +251,9 @@ function guard(task) {
 }
 
 $("file").addEventListener("change", guard(async (event) => {
-  if (event.target.files.length) await showPhoto(event.target.files[0]);
+  const [file] = event.target.files;
+  event.target.value = ""; // so that picking the same file again is a change too
+  if (file) await showPhoto(file);
 }));
 $("webcam").addEventListener("click", guard(async () => (page.webcam ? stopWebcam() : startWebcam())));
 $("stage").addEventListener("dragover", (event) => event.preventDefault());
