@@ -148,7 +148,7 @@ def test_health_describes_model_contract_classes_and_limits(server, fernet_onnx)
     assert health["contract"]["input"].endswith("[N,1,64,64] raw gray 0..255")
     assert health["classes"] == list(CLASSES)
     assert health["limits"] == {"max_bytes": MAX_BYTES, "max_pixels": MAX_PIXELS, "max_files": MAX_FILES}
-    assert health["detector"]["name"] == "haar" and health["detector"]["min_face"] == 48
+    assert health["detector"]["detector"] == "haar" and health["detector"]["min_face"] == 48
 
 
 # ----------------------------------------------------------------------------- bad requests
