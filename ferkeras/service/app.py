@@ -220,8 +220,12 @@ def create_app(settings):
         if kind == "multipart/form-data":
             form = await read_form(request, 1, "more than one file: /v1/predict takes one image; "
                                                "send several to /v1/predict/batch as fields 'files'")
-            upload = uploads(form, "file")[0]
-            return await service.predict(await upload.read(), upload.filename or "file")
+            try:
+                upload = uploads(form, "file")[0]
+                data, name = await upload.read(), upload.filename or "file"
+            finally:
+                await form.close()  # uploads are spooled to temporary files
+            return await service.predict(data, name)
         if kind.startswith(IMAGE_TYPES):
             return await service.predict(await request.body(), "body")
         raise RequestError(415, f"Content-Type {kind or 'missing'}: send multipart/form-data with field 'file', "
@@ -236,8 +240,11 @@ def create_app(settings):
         form = await read_form(request, settings.max_files,
                                f"more than {settings.max_files} files in one batch, this server's limit "
                                "(--max_files); split them over several requests")
-        files = uploads(form, "files")
-        contents = [(await upload.read(), upload.filename or f"files[{index}]") for index, upload in enumerate(files)]
+        try:
+            contents = [(await upload.read(), upload.filename or f"files[{index}]")
+                        for index, upload in enumerate(uploads(form, "files"))]
+        finally:
+            await form.close()
         results = await asyncio.gather(*(service.predict(data, name) for data, name in contents),
                                        return_exceptions=True)
         return {"images": [result if not isinstance(result, BaseException) else failed(name, result)
