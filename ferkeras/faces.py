@@ -55,8 +55,15 @@ def decode_image(path):
     except OSError as exc:
         raise UserError(f"{path}: not a readable image ({exc.strerror or type(exc).__name__}); "
                         "check that the file exists and can be read") from None
+    return decode_image_bytes(data, path)
+
+
+def decode_image_bytes(data, name="image"):
+    """`decode_image` for the bytes of an image file already in memory (an upload, say); `name`
+    names it in the one-line `UserError`."""
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if data.size == 0:
-        raise UserError(f"{path}: not a readable image (empty file); give a JPEG, PNG or other image file")
+        raise UserError(f"{name}: not a readable image (empty file); give a JPEG, PNG or other image file")
     # JPEG has no alpha, so the orientation-aware flags lose nothing.
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if data[:2].tobytes() == _JPEG_MAGIC \
         else cv2.IMREAD_UNCHANGED
@@ -65,7 +72,7 @@ def decode_image(path):
     except cv2.error:
         pixels = None
     if pixels is None or pixels.size == 0:
-        raise UserError(f"{path}: not a readable image (OpenCV cannot decode its {data.size:,} bytes); "
+        raise UserError(f"{name}: not a readable image (OpenCV cannot decode its {data.size:,} bytes); "
                         "give a JPEG, PNG, BMP, WebP or TIFF file")
     return pixels
 
