@@ -115,7 +115,8 @@ class FaceService:
                          "output": f"{info['output_name']}: float32 [{info['batch'] or 'N'},{len(CLASSES)}] "
                                    "scores; probabilities are their softmax"},
             "classes": list(CLASSES),
-            "detector": {"detector": "haar", **self.settings.detector_options, "margin": self.settings.margin},
+            "detector": {**{key: str(value) if isinstance(value, Path) else value
+                            for key, value in self.settings.detector_options.items()}, "margin": self.settings.margin},
             "limits": {key: getattr(self.settings, key) for key in ("max_bytes", "max_pixels", "max_files")},
             "batching": {"max_faces": self.batcher.max_faces, "max_wait_ms": self.settings.batch_wait_ms,
                          "calls": self.batcher.calls, "faces": self.batcher.faces},

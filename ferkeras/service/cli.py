@@ -20,7 +20,9 @@ import socket
 from pathlib import Path
 
 from ..errors import UserError
-from ..predict import DEFAULT_MARGIN
+from ..faces import FERPLUS_MARGIN, YUNET_MARGIN
+from ..predict import (DEFAULT_DETECTOR, DEFAULT_NMS_THRESHOLD, DEFAULT_SCORE_THRESHOLD,
+                       DETECTORS)
 
 DEFAULT_MODEL = Path("models/ferplus-small.onnx")
 DEFAULT_DETECTOR_MODEL = Path("models/face_detection_yunet_2023mar.onnx")
@@ -41,12 +43,20 @@ def build_parser():
     parser.add_argument("--write_site", metavar="DIR", type=Path,
                         help="write the page, onnxruntime-web and both models into DIR as a static site, then exit")
     group = parser.add_argument_group("faces (as in predict.py)")
+    group.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS,
+                       help=f"face detector of the API: yunet (OpenCV's YuNet, the --detector_model file, found in "
+                            f"the weights cache or fetched once) or haar (OpenCV's cascade) (default: {DEFAULT_DETECTOR})")
+    group.add_argument("--score_threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
+                       help=f"yunet: smallest face score kept (default: {DEFAULT_SCORE_THRESHOLD})")
+    group.add_argument("--nms_threshold", type=float, default=DEFAULT_NMS_THRESHOLD,
+                       help=f"yunet: box overlap above which the weaker face is dropped (default: {DEFAULT_NMS_THRESHOLD})")
     group.add_argument("--min_face", type=int, default=48, help="smallest face side looked for, px (default: 48)")
     group.add_argument("--min_neighbors", type=int, default=5, help="Haar cascade neighbours (default: 5)")
     group.add_argument("--detect_side", type=int, default=1280,
                        help="search larger images at this longer side; 0 = full size (default: 1280)")
-    group.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
-                       help=f"fraction of the face box added on each side of the crop (default: {DEFAULT_MARGIN})")
+    group.add_argument("--margin", type=float, default=None,
+                       help=f"fraction of the face box added on each side of the crop (default: the detector's FER+ "
+                            f"framing, {YUNET_MARGIN} for yunet, {FERPLUS_MARGIN} for haar)")
     group = parser.add_argument_group("limits and performance")
     group.add_argument("--max_bytes", type=int, default=10_000_000,
                        help="largest image file accepted, bytes (default: 10000000)")
@@ -77,6 +87,8 @@ def settings_from(args):
             raise UserError(f"--{name}: expected a positive number, got {getattr(args, name)}")
     if not 0 <= args.batch_wait_ms <= 10_000:
         raise UserError(f"--batch_wait_ms: expected 0 to 10000 milliseconds, got {args.batch_wait_ms}")
+    if args.margin is None:
+        args.margin = YUNET_MARGIN if args.detector == "yunet" else FERPLUS_MARGIN
     if not -0.5 < args.margin <= 2.0:
         raise UserError(f"--margin: expected a fraction of the face box between -0.5 and 2, got {args.margin}")
     if min(args.workers, args.threads, args.opencv_threads) < 0:
@@ -86,13 +98,21 @@ def settings_from(args):
         raise UserError(f"{args.model}: no such model file{default}; give --model PATH of an ONNX model with "
                         "the emotion-ferplus-8 contract (export.py writes one)")
     detector_model = args.detector_model
-    if detector_model is None and DEFAULT_DETECTOR_MODEL.is_file():
+    if args.detector == "yunet":
+        # The API's detector and the page's are the same file: given, cached, or fetched once.
+        from ..downloads import YUNET, model_file_path
+
+        detector_model = model_file_path(YUNET, detector_model)
+    elif detector_model is None and DEFAULT_DETECTOR_MODEL.is_file():
         detector_model = DEFAULT_DETECTOR_MODEL
     if detector_model is not None:
         check_yunet(detector_model)
     return Settings(model=args.model, margin=args.margin,
                     detector_options=dict(min_face=args.min_face, min_neighbors=args.min_neighbors,
-                                          detect_side=args.detect_side, threads=args.opencv_threads),
+                                          detect_side=args.detect_side, threads=args.opencv_threads,
+                                          detector=args.detector, score_threshold=args.score_threshold,
+                                          nms_threshold=args.nms_threshold,
+                                          detector_model=detector_model if args.detector == "yunet" else None),
                     max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_files=args.max_files,
                     batch_faces=args.batch_faces, batch_wait_ms=args.batch_wait_ms,
                     workers=args.workers or os.cpu_count() or 1, threads=args.threads,

@@ -148,7 +148,7 @@ def test_health_describes_model_contract_classes_and_limits(server, fernet_onnx)
     assert health["contract"]["input"].endswith("[N,1,64,64] raw gray 0..255")
     assert health["classes"] == list(CLASSES)
     assert health["limits"] == {"max_bytes": MAX_BYTES, "max_pixels": MAX_PIXELS, "max_files": MAX_FILES}
-    assert health["detector"]["detector"] == "haar" and health["detector"]["min_face"] == 48
+    assert health["detector"]["detector"] == "yunet" and health["detector"]["min_face"] == 48
 
 
 # ----------------------------------------------------------------------------- bad requests
@@ -230,7 +230,7 @@ def test_the_page_and_its_files_are_served_and_written_as_a_static_site(start_se
 
 
 def test_a_server_without_detector_model_explains_the_missing_file(start_server, fernet_onnx):
-    plain = start_server("--model", fernet_onnx)
+    plain = start_server("--model", fernet_onnx, "--detector", "haar")  # the page has a detector only when given one
     status, _, body = get(plain.url, "/models/detector.onnx")
     assert status == 404 and "--detector_model" in json.loads(body)["error"]
 

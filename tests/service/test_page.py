@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from ferkeras import CLASSES
-from ferkeras.faces import crop_face, read_image, reading_order
-from ferkeras.predict import DEFAULT_MARGIN, EmotionPredictor, box_iou
+from ferkeras.faces import YUNET_MARGIN, crop_face, read_image, reading_order
+from ferkeras.predict import EmotionPredictor, box_iou
 from tests.service.conftest import SCREENSHOTS, need_tool, yunet_faces
 
 TIMEOUT_MS = 180_000  # loading onnxruntime-web and two models on two busy cores
@@ -56,7 +56,7 @@ def python_pipeline(picture, model, yunet):
     found = yunet_faces(cv2.imread(str(picture)), yunet)
     boxes = reading_order([tuple(int(round(v)) for v in face[:4]) for face in found])
     gray = read_image(picture)
-    crops = np.stack([crop_face(gray, box, margin=DEFAULT_MARGIN, size=64) for box in boxes])
+    crops = np.stack([crop_face(gray, box, margin=YUNET_MARGIN, size=64) for box in boxes])  # as predict.py frames YuNet boxes
     return boxes, EmotionPredictor(model).probabilities(crops)
 
 
@@ -153,7 +153,7 @@ def test_webcam_frames_are_analysed_live(chromium, page_server, model, yunet_mod
 
 
 def test_page_without_detector_model_says_how_to_give_one(chromium, start_server, fernet_onnx):
-    server = start_server("--model", fernet_onnx)
+    server = start_server("--model", fernet_onnx, "--detector", "haar")  # the page has a detector only when given one
     browser = chromium()
     page, _ = open_page(browser, server.url)
     assert page.evaluate("document.body.dataset.state") == "error"
