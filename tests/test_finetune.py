@@ -14,7 +14,7 @@ from ferkeras.errors import UserError
 from ferkeras.finetune import load_finetune_data
 from ferkeras.training import train
 from ferkeras.user_faces import load_user_faces, read_user_labels
-from tests.test_predict import FACE_SIDE, faint_noise, real_faces  # noqa: F401  (a fixture)
+from tests.helpers import FACE_SIDE, faint_noise
 
 TINY = ["--image_size", "32", "--batch_size", "16", "--class_weights", "none", "--augment", "none",
         "--init_lr", "0.001", "--lr_policy", "constant", "--early_stopping_patience", "0", "--dropout_rate", "0.0"]
@@ -49,7 +49,7 @@ def test_missing_label_file_says_what_to_add(tmp_path):
         read_user_labels(tmp_path / "label.csv")
 
 
-def test_faces_are_found_in_photos_and_unusable_images_are_skipped(real_faces, tmp_path, capsys):  # noqa: F811
+def test_faces_are_found_in_photos_and_unusable_images_are_skipped(real_faces, tmp_path, capsys):
     folder = tmp_path / "photos"
     rows = []
     for i, face in enumerate(real_faces[:3]):
