@@ -76,7 +76,7 @@ def test_faces_are_found_in_photos_and_unusable_images_are_skipped(real_faces, t
 def start_run(small_ferplus, tmp_path_factory):
     out = tmp_path_factory.mktemp("start")
     config, explicit = resolve(["--data_dir", str(small_ferplus), "--output_dir", str(out), "--name", "start",
-                                "--model_name", "VGG13", "--weights", "none", "--nepochs", "1", *TINY])
+                                "--model_name", "FerNetS", "--weights", "none", "--nepochs", "1", *TINY])
     return Path(train(config, explicit)["run_dir"])
 
 
