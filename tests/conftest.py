@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: FER+ data in both of its forms, small enough for quick tests.
+"""Shared pytest fixtures: FER+ data in both of its forms, small enough for quick tests, and real faces.
 
 - `ferplus_dir`: the real FER+ folder layout beside the checkout (../shared/data/ferplus) when it is
   there, else a synthetic one whose classes a small model can learn.
@@ -7,34 +7,27 @@
 - `yunet_model`: the YuNet face detector file (../shared/weights), also put in the session's model
   cache so that the default detector finds it; tests that need it skip without it. No test downloads:
   FERKERAS_NO_DOWNLOAD is set for the whole session.
+- `real_faces`: real FER+ faces, upscaled, that the face detector finds when each is shown alone.
 
-The fixtures build their files with csv and OpenCV directly, not with `ferkeras.data`, so that the
-data loader's own tests compare it against something it did not produce.
+Plain functions (the data builders among them) live in tests/helpers.py.
 """
-import csv
 import os
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 import ferkeras  # noqa: F401  (sets TensorFlow's environment before any test imports it)
 from ferkeras import FACE_SIZE, NUM_CLASSES, VOTE_COLUMNS
+from tests.helpers import (FACE_SIDE, FER2013_EMOTION, REAL_FERPLUS, SMALL_PER_CLASS, SMALL_REJECTED,
+                           SPLIT_FOLDERS, USAGES, faint_noise, make_synthetic_ferplus, pick_small_subset,
+                           read_label_rows, upscaled, write_csv)
 
-REAL_FERPLUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ferplus"
-SHARED_YUNET = Path(__file__).resolve().parents[2] / "shared" / "weights" / "face_detection_yunet_2023mar.onnx"
-SPLIT_FOLDERS = {"train": "FER2013Train", "valid": "FER2013Valid"}
-USAGES = {"train": "Training", "valid": "PublicTest"}
-SYNTHETIC_SIZES = {"train": 400, "valid": 120}
-# Faces per class and faces that no label mode accepts (unknown / not-a-face votes), per split.
-SMALL_PER_CLASS = {"train": 38, "valid": 11}
-SMALL_REJECTED = {"train": 16, "valid": 8}
-SMALL_SIZES = {split: NUM_CLASSES * SMALL_PER_CLASS[split] + SMALL_REJECTED[split] for split in USAGES}
-FULL_BOX = "(0, 0, 48, 48)"
-# FER2013's own 7-class "emotion" column, by FER+ class; ferkeras never reads it, but the file
-# should look like the real one. Contempt has no FER2013 class and unsettled faces get neutral.
-FER2013_EMOTION = {0: 6, 1: 3, 2: 5, 3: 4, 4: 0, 5: 1, 6: 2, 7: 6}
+SHARED_YUNET = REAL_FERPLUS.parents[1] / "weights" / "face_detection_yunet_2023mar.onnx"
+# How many faces `real_faces` gives: the composed pictures of test_predict hold six.
+REAL_FACES = 6
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -94,8 +87,6 @@ def small_kaggle(small_ferplus, tmp_path_factory):
     Like the real files, rows are not in image-name order, some rows are non-faces with an empty
     image name (and pixels of their own), and one face appears twice under the same name.
     """
-    import cv2
-
     rng = np.random.default_rng(7)
     pixel_rows, vote_rows = [["emotion", "pixels", "Usage"]], [["Usage", "Image name", *VOTE_COLUMNS]]
     for split, folder in SPLIT_FOLDERS.items():
@@ -119,87 +110,24 @@ def small_kaggle(small_ferplus, tmp_path_factory):
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# Helpers (plain functions so tests can build variants of the data too)
+@pytest.fixture(scope="module")
+def real_faces(ferplus_dir):
+    """The first validation faces the cascade finds when each is shown alone, upscaled, on the
+    background of the tests (exactly one box, overlapping the face): six of the first 40."""
+    from ferkeras.faces import FaceDetector
+    from ferkeras.predict import box_iou
 
-
-def read_label_rows(label_file):
-    """Rows of a header-less FER+ label.csv as lists of strings: name, box, 10 votes."""
-    with open(label_file, newline="") as handle:
-        return [row for row in csv.reader(handle) if row]
-
-
-def write_csv(path, rows):
-    with open(path, "w", newline="") as handle:
-        csv.writer(handle, lineterminator="\n").writerows(rows)
-
-
-def settled_class(votes):
-    """The class more than half of the votes (single stray votes removed) agree on, else None."""
-    votes = np.where(np.asarray(votes) <= 1, 0, votes)
-    top = int(np.argmax(votes))
-    if top < NUM_CLASSES and 2 * votes[top] > votes.sum():
-        return top
-    return None
-
-
-def pick_small_subset(rows, per_class, rejected, seed):
-    """Pick up to `per_class` rows per settled class and `rejected` unsettled ones, topped up to size.
-
-    Rare classes (contempt, disgust) may have fewer rows than asked; the shortfall is filled from
-    the remaining rows so the subset always has the same size. Rows keep their label.csv order.
-    """
-    order = np.random.default_rng(seed).permutation(len(rows))
-    wanted = {c: per_class for c in range(NUM_CLASSES)}
-    wanted[None] = rejected
-    chosen = []
-    for index in order:
-        label = settled_class([int(v) for v in rows[index][2:]])
-        if wanted[label] > 0:
-            wanted[label] -= 1
-            chosen.append(index)
-            if not any(wanted.values()):
-                break
-    size = NUM_CLASSES * per_class + rejected
-    taken = set(chosen)
-    chosen += [i for i in order if i not in taken][: size - len(chosen)]
-    return [rows[i] for i in sorted(chosen)]
-
-
-def make_synthetic_ferplus(out, sizes=SYNTHETIC_SIZES, seed=0):
-    """Write a FER+ folder layout of learnable fake faces: per class a grating of its own angle.
-
-    Each face's votes give its class 6-9 of 10 votes; about 1 in 16 faces is instead voted
-    "unknown" or "not a face" (pixels pure noise), so the label modes have something to drop.
-    """
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:FACE_SIZE, 0:FACE_SIZE].astype(np.float32)
-    next_index = 0
-    new_csv_rows = [["Usage", "Image name", *VOTE_COLUMNS]]
-    for split, count in sizes.items():
-        folder = out / SPLIT_FOLDERS[split]
-        folder.mkdir(parents=True)
-        label_rows = []
-        for _ in range(count):
-            name = f"fer{next_index:07d}.png"
-            next_index += 1
-            label = int(rng.integers(NUM_CLASSES))
-            votes = np.zeros(len(VOTE_COLUMNS), dtype=int)
-            if rng.random() < 1 / 16:
-                votes[int(rng.integers(NUM_CLASSES, len(VOTE_COLUMNS)))] = 10
-                image = rng.integers(0, 256, (FACE_SIZE, FACE_SIZE))
-            else:
-                votes[label] = int(rng.integers(6, 10))
-                np.add.at(votes, rng.integers(0, NUM_CLASSES + 1, 10 - votes[label]), 1)
-                angle = np.pi * label / NUM_CLASSES
-                phase = rng.uniform(0, 2 * np.pi)
-                wave = np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / 12 + phase)
-                image = 128 + 70 * wave + rng.normal(0, 20, wave.shape)
-            cv2.imwrite(str(folder / name), np.clip(image, 0, 255).astype(np.uint8))
-            label_rows.append([name, FULL_BOX, *votes])
-            new_csv_rows.append([USAGES[split], name, *votes])
-        write_csv(folder / "label.csv", label_rows)
-    write_csv(out / "fer2013new.csv", new_csv_rows)
-    return out
+    if Path(ferplus_dir) != REAL_FERPLUS:
+        pytest.skip("detection tests need the real FER+ faces; the synthetic stand-ins are not faces")
+    folder = Path(ferplus_dir) / "FER2013Valid"
+    detector, truth, picked = FaceDetector(), (FACE_SIDE // 2, FACE_SIDE // 2, FACE_SIDE, FACE_SIDE), []
+    for row in read_label_rows(folder / "label.csv")[:40]:
+        face = upscaled(folder / row[0])
+        alone = faint_noise(2 * FACE_SIDE, 2 * FACE_SIDE, seed=1)
+        alone[truth[1]:truth[1] + FACE_SIDE, truth[0]:truth[0] + FACE_SIDE] = face
+        boxes = detector.detect(alone)
+        if len(boxes) == 1 and box_iou(boxes[0], truth) > 0.5:
+            picked.append(face)
+        if len(picked) == REAL_FACES:
+            return picked
+    pytest.fail(f"the cascade found only {len(picked)} of the first 40 real faces shown alone")

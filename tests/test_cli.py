@@ -15,8 +15,7 @@ from ferkeras import CLASSES, __version__
 from ferkeras.cli import COMMANDS, main as ferkeras_main
 from ferkeras.faces import FaceDetector
 from tests.test_detectors import run_in_process
-from tests.test_predict import (compose, expected_probabilities, faint_noise, models,  # noqa: F401  (fixtures)
-                                real_faces)
+from tests.test_predict import compose, expected_probabilities, faint_noise, models  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 # A flag only that command has, to tell the help texts apart.

@@ -19,7 +19,7 @@ from ferkeras.data import (
     summary_line,
 )
 from ferkeras.errors import UserError
-from tests.conftest import SMALL_SIZES, read_label_rows, write_csv
+from tests.helpers import SMALL_SIZES, read_label_rows, write_csv
 
 ALL_BUT_TEST = {"train": True, "valid": True, "test": False}
 

@@ -20,7 +20,7 @@ from ferkeras.predict import (EmotionPredictor, box_iou, default_workers, make_d
                               predict_images, predict_video)
 from tests.conftest import REAL_FERPLUS, read_label_rows
 from tests.test_predict import (FACE_SIDE, PLACES, compose, faint_noise, linear_weights,  # noqa: F401
-                                models, real_faces, softmax)
+                                models, softmax)
 
 # Four faces per picture, 130 px, apart: in four pictures, the first 16 validation faces of FER+.
 SPREAD = [(40, 60), (360, 40), (60, 300), (380, 290)]

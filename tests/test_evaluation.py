@@ -218,7 +218,7 @@ def test_cli_errors_are_one_line(tmp_path, small_ferplus):
     fake.write_text("definitely not protobuf " * 20)
     assert_one_line_error(run_evaluate("--model", fake), "not an ONNX model")
     # a valid contract model, asked for a split the data folder does not have
-    from tests.test_reference import linear_onnx, linear_weights
+    from tests.helpers import linear_onnx, linear_weights
     model = linear_onnx(tmp_path / "linear.onnx", *linear_weights(0), batch=None)
     assert_one_line_error(run_evaluate("--model", model, "--data_dir", small_ferplus, "--split", "test"),
                           "split 'test' is absent")

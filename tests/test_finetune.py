@@ -14,7 +14,7 @@ from ferkeras.errors import UserError
 from ferkeras.finetune import load_finetune_data
 from ferkeras.training import train
 from ferkeras.user_faces import load_user_faces, read_user_labels
-from tests.test_predict import FACE_SIDE, faint_noise, real_faces  # noqa: F401  (a fixture)
+from tests.helpers import FACE_SIDE, faint_noise
 
 TINY = ["--image_size", "32", "--batch_size", "16", "--class_weights", "none", "--augment", "none",
         "--init_lr", "0.001", "--lr_policy", "constant", "--early_stopping_patience", "0", "--dropout_rate", "0.0"]
@@ -50,7 +50,7 @@ def test_missing_label_file_says_what_to_add(tmp_path):
 
 
 @pytest.mark.parametrize("detector", ["yunet", "haar"])
-def test_faces_are_found_in_photos_and_unusable_images_are_skipped(real_faces, tmp_path, capsys, detector,  # noqa: F811
+def test_faces_are_found_in_photos_and_unusable_images_are_skipped(real_faces, tmp_path, capsys, detector,
                                                                    request):
     if detector == "yunet":
         request.getfixturevalue("yunet_model")
@@ -80,7 +80,7 @@ def test_faces_are_found_in_photos_and_unusable_images_are_skipped(real_faces, t
 def start_run(small_ferplus, tmp_path_factory):
     out = tmp_path_factory.mktemp("start")
     config, explicit = resolve(["--data_dir", str(small_ferplus), "--output_dir", str(out), "--name", "start",
-                                "--model_name", "VGG13", "--weights", "none", "--nepochs", "1", *TINY])
+                                "--model_name", "FerNetS", "--weights", "none", "--nepochs", "1", *TINY])
     return Path(train(config, explicit)["run_dir"])
 
 

@@ -12,39 +12,12 @@ import ferkeras  # noqa: F401  (sets TensorFlow's environment before Keras is im
 from ferkeras.backbones import vggface
 from ferkeras.errors import UserError
 from ferkeras.legacy_h5 import keras_layer_name, legacy_layer_name, load_legacy_h5
+from tests.helpers import write_keras2_h5
 
 RESNET50_TABLE = Path(__file__).resolve().parents[2] / "shared/reference/vggface2_resnet50_layers.txt"
 
 
 # ----------------------------------------------------------------------------- Keras-2 files, by hand
-
-
-def write_keras2_h5(path, layers, model_file=False, split_layer_names=False):
-    """Write `layers` ([(Keras-2 layer name, [(weight name, array), ...]), ...]) as Keras 2 did.
-
-    A save_weights file has the layer groups at the root; a full-model file has them under
-    "model_weights". Keras 2 split a list attribute over name0, name1, ... when it was too large for
-    HDF5; `split_layer_names` writes `layer_names` that way.
-    """
-    with h5py.File(path, "w") as h5:
-        group = h5.create_group("model_weights") if model_file else h5
-        names = np.array([name.encode("utf8") for name, _ in layers])
-        if split_layer_names:
-            for chunk, part in enumerate(np.array_split(names, 3)):
-                group.attrs[f"layer_names{chunk}"] = part
-        else:
-            group.attrs["layer_names"] = names
-        group.attrs["backend"] = b"tensorflow"
-        group.attrs["keras_version"] = b"2.2.4"
-        for layer_name, weights in layers:
-            layer_group = group.create_group(layer_name)
-            layer_group.attrs["weight_names"] = np.array([name.encode("utf8") for name, _ in weights])
-            for weight_name, array in weights:
-                # Keras 2 named arrays "<layer>/<variable>:0", so "/" nests groups inside the layer's.
-                layer_group.create_dataset(weight_name, data=array)
-        if model_file:
-            h5.attrs["model_config"] = b"{}"
-            h5.attrs["keras_version"] = b"2.2.4"
 
 
 def keras2_weights_of(model, rng, skip=()):

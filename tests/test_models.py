@@ -14,6 +14,7 @@ import pytest
 from ferkeras.errors import UserError
 from ferkeras.models import (IMAGENET_FILE, MODEL_NAMES, FacePreprocess, apply_freeze, build_model,
                              count_params, default_image_size, freeze_summary)
+from tests.helpers import write_keras2_weights_h5
 
 FERPLUS = Path(__file__).resolve().parents[2] / "shared/data/ferplus"
 
@@ -311,26 +312,6 @@ def test_imagenet_offline_says_where_to_put_the_file(offline_keras_home):
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     assert f"{offline_keras_home / 'models'}/" in message and "--weights PATH / none" in message
     assert "Temporary failure in name resolution" in message and "\n" not in message
-
-
-def write_keras2_weights_h5(model, path, keras2_name=lambda name: name):
-    """The Keras-2 HDF5 weights layout of published backbones (keras.applications, keras-vggface).
-
-    Top-level attribute layer_names lists every layer; each layer's group lists its weight_names
-    (trainable first, then non-trainable) and holds one dataset per weight. `keras2_name` gives a
-    layer's Keras-2 name, which may contain "/" (nested groups, as in keras-vggface's files).
-    """
-    with h5py.File(path, "w") as h5:
-        h5.attrs["layer_names"] = [keras2_name(layer.name).encode() for layer in model.layers]
-        h5.attrs["backend"] = b"tensorflow"
-        h5.attrs["keras_version"] = b"2.2.4"
-        for layer in model.layers:
-            group = h5.require_group(keras2_name(layer.name))
-            variables = layer.trainable_weights + layer.non_trainable_weights
-            names = [f"{keras2_name(layer.name)}/{variable.name}:0" for variable in variables]
-            group.attrs["weight_names"] = [name.encode() for name in names]
-            for name, variable in zip(names, variables):
-                group.create_dataset(name, data=variable.numpy())
 
 
 def test_keras2_resnet50_file_from_the_cache_or_a_path(offline_keras_home, capsys):

@@ -26,10 +26,9 @@ from ferkeras.errors import UserError
 from ferkeras.faces import FaceDetector, crop_face, read_image, read_image_color, reading_order
 from ferkeras.predict import (CLASS_COLOURS, NearestBoxTracker, box_iou, predict_command, predict_video,
                               softmax)
-from tests.conftest import REAL_FERPLUS, read_label_rows
+from tests.helpers import FACE_SIDE, faint_noise
 
 REPO = Path(__file__).resolve().parents[1]
-FACE_SIDE = 140
 # Where the six faces of the composed picture go: two rows whose heads are not level.
 PLACES = [(30, 40), (250, 60), (470, 50), (30, 300), (250, 280), (470, 310)]
 CANVAS = (480, 640)
@@ -80,38 +79,6 @@ def models(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- composed pictures
-
-def faint_noise(height, width, seed):
-    """A mid-grey background with faint blurred noise: textured, yet with no face-like blobs."""
-    noise = cv2.GaussianBlur(np.random.default_rng(seed).normal(0, 1, (height, width)).astype(np.float32),
-                             (0, 0), 3)
-    return np.clip(110 + 8 * noise / noise.std(), 0, 255).astype(np.uint8)
-
-
-def upscaled(path):
-    return cv2.resize(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), (FACE_SIDE, FACE_SIDE),
-                      interpolation=cv2.INTER_CUBIC)
-
-
-@pytest.fixture(scope="module")
-def real_faces(ferplus_dir):
-    """The first validation faces the cascade finds when each is shown alone, upscaled, on the
-    background of the tests (exactly one box, overlapping the face): six of the first 40."""
-    if Path(ferplus_dir) != REAL_FERPLUS:
-        pytest.skip("detection tests need the real FER+ faces; the synthetic stand-ins are not faces")
-    folder = Path(ferplus_dir) / "FER2013Valid"
-    detector, truth, picked = FaceDetector(), (FACE_SIDE // 2, FACE_SIDE // 2, FACE_SIDE, FACE_SIDE), []
-    for row in read_label_rows(folder / "label.csv")[:40]:
-        face = upscaled(folder / row[0])
-        alone = faint_noise(2 * FACE_SIDE, 2 * FACE_SIDE, seed=1)
-        alone[truth[1]:truth[1] + FACE_SIDE, truth[0]:truth[0] + FACE_SIDE] = face
-        boxes = detector.detect(alone)
-        if len(boxes) == 1 and box_iou(boxes[0], truth) > 0.5:
-            picked.append(face)
-        if len(picked) == len(PLACES):
-            return picked
-    pytest.fail(f"the cascade found only {len(picked)} of the first 40 real faces shown alone")
-
 
 def compose(faces, seed=2):
     canvas = faint_noise(*CANVAS, seed=seed)

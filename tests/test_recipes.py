@@ -17,8 +17,7 @@ from ferkeras.backbones import vggface
 from ferkeras.config import resolve
 from ferkeras.legacy_h5 import legacy_layer_name
 from ferkeras.training import train
-from tests.test_legacy_h5 import write_keras2_h5
-from tests.test_models import write_keras2_weights_h5
+from tests.helpers import write_keras2_h5, write_keras2_weights_h5
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

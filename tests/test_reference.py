@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 from ferkeras import CLASSES
 from ferkeras.contract import (INPUT_NAME, OUTPUT_NAME, ContractSession, check_onnx_contract,
@@ -19,38 +18,9 @@ from ferkeras.contract import (INPUT_NAME, OUTPUT_NAME, ContractSession, check_o
 from ferkeras.errors import UserError
 from ferkeras.evaluation import classification_metrics
 from ferkeras.reference import check_reference, disagreement_matrix, identify_reference
+from tests.helpers import PIXELS, linear_onnx, linear_weights
 
 REPO = Path(__file__).resolve().parents[1]
-PIXELS = 64 * 64
-
-
-def linear_weights(seed):
-    """Weights that make the stand-in's classes depend on where a face is bright."""
-    rng = np.random.default_rng(seed)
-    return (rng.normal(0, 1e-4, (PIXELS, 8)).astype(np.float32),
-            rng.normal(0, 0.1, (1, 8)).astype(np.float32))
-
-
-def linear_onnx(path, weight, bias, batch=1, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
-                in_shape=None, out_classes=8, elem_type=TensorProto.FLOAT, opset=8, ir_version=3):
-    """Input [batch,1,64,64] -> Reshape [batch,4096] -> MatMul -> Add -> [batch,8], like the reference
-    (opset 8, IR 3, weights also listed as graph inputs as old exporters did)."""
-    batch_dim = batch if batch else "N"
-    shape_values = np.array([-1 if not batch else batch, PIXELS], dtype=np.int64)
-    initializers = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B"),
-                    numpy_helper.from_array(shape_values, "flat_shape")]
-    nodes = [helper.make_node("Reshape", [input_name, "flat_shape"], ["flat"]),
-             helper.make_node("MatMul", ["flat", "W"], ["scores"]),
-             helper.make_node("Add", ["scores", "B"], [output_name])]
-    inputs = [helper.make_tensor_value_info(input_name, elem_type, in_shape or [batch_dim, 1, 64, 64])]
-    inputs += [helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in initializers]
-    outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch_dim, out_classes])]
-    graph = helper.make_graph(nodes, "standin", inputs, outputs, initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="test-standin")
-    model.ir_version = ir_version
-    onnx.save(model, str(path))
-    return path
 
 
 def linear_logits(contract_input, weight, bias):
