@@ -5,10 +5,12 @@ entry points print it as one line and exit with status 2, without a traceback. A
 and keeps its traceback.
 """
 import contextlib
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -37,8 +39,9 @@ def atomic_path(path):
 
     For writers that take a file name (model.save, onnx.save, savefig, np.savez): a crash or a
     failed check leaves no half-written file behind. A kill (-9, power loss) can still leave the
-    temporary file; its name says which process made it (`.<stem>.tmp-<pid>-<random><suffix>`), so
-    the first atomic write into that folder by a later process removes it (`sweep_stale_temporaries`).
+    temporary file; its name says which process on which machine made it
+    (`.<stem>.tmp-<pid>@<host>-<random><suffix>`), so the first atomic write into that folder by a
+    later process removes it (`sweep_stale_temporaries`).
     """
     path = Path(path)
     make_folder(path.parent)
@@ -91,16 +94,18 @@ def check_output_folder(folder, flag):
 
 # ----------------------------------------------------------------------------- temporaries left by kills
 
-# Our temporaries: ".<name>.tmp-<pid>-<8 random characters>[suffix]"; before the pid was part of the
-# name they were ".<name>.tmp-<8 random characters>[suffix]".
-_TEMP_NAME = re.compile(r"^\..+\.tmp-(?:(?P<pid>\d+)-)?[a-z0-9_]{8}(?:\..*)?$")
-# Temporaries named without a pid are only trusted to be dead once they are this old.
+# Our temporaries: ".<name>.tmp-<pid>@<host>-<8 random characters>[suffix]", <host> a short hash of the
+# machine's name (a folder on shared storage sees other machines' processes); before the pid was part
+# of the name they were ".<name>.tmp-<8 random characters>[suffix]".
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(?:(?P<pid>\d+)@(?P<host>[0-9a-f]{6})-)?[a-z0-9_]{8}(?:\..*)?$")
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+# Temporaries of other machines, or named without a pid, are only trusted to be dead once this old.
 UNNAMED_TEMP_AGE_S = 24 * 3600
 _swept = set()
 
 
 def _temp_prefix(name):
-    return f".{name}.tmp-{os.getpid()}-"
+    return f".{name}.tmp-{os.getpid()}@{_HOST}-"
 
 
 def _process_alive(pid):
@@ -119,7 +124,7 @@ def is_stale_temporary(path):
     match = _TEMP_NAME.match(path.name)
     if not match:
         return False
-    if match["pid"] is not None:
+    if match["pid"] is not None and match["host"] == _HOST:
         return int(match["pid"]) != os.getpid() and not _process_alive(int(match["pid"]))
     try:
         return time.time() - path.lstat().st_mtime > UNNAMED_TEMP_AGE_S
