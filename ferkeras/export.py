@@ -140,20 +140,28 @@ def parity_faces(data_dir=None, faces=None, limit=PARITY_FACES):
     return noise, "64 random faces"
 
 
-def check_parity(onnx_path, model, faces, info=None, name=None):
+def keras_parity_logits(model, faces, name):
+    """The Keras model's logits of the parity faces; a UserError when they are not finite (a model with
+    NaN weights cannot be exported into a working file, whatever the opset)."""
+    contract_input = to_contract_input(faces)
+    keras_logits = model.predict(contract_input.transpose(0, 2, 3, 1), batch_size=64, verbose=0)
+    return check_finite_scores(keras_logits, name, what="the Keras model", advice="nothing was written; export "
+                               "another checkpoint (--checkpoint best_loss, last or a file)")
+
+
+def check_parity(onnx_path, model, faces, info=None, name=None, keras_logits=None):
     """Compare onnxruntime on to_contract_input(faces) with the Keras model on the same pixels.
 
-    `name` is the file the user asked for (`onnx_path` may be a temporary). Returns {faces,
-    max_softmax_diff, top1_agreement}; raises a UserError past the tolerances, or when either model
-    gives non-finite scores (the Keras model is checked first: a conversion cannot mend its weights).
+    `name` is the file the user asked for (`onnx_path` may be a temporary); `keras_logits`, when
+    known, are `keras_parity_logits(model, faces)`. Returns {faces, max_softmax_diff, top1_agreement};
+    raises a UserError past the tolerances, or when either model gives non-finite scores.
     """
     from .evaluation import softmax
 
     name = name or onnx_path
+    if keras_logits is None:
+        keras_logits = keras_parity_logits(model, faces, name)
     contract_input = to_contract_input(faces)
-    keras_logits = model.predict(contract_input.transpose(0, 2, 3, 1), batch_size=64, verbose=0)
-    check_finite_scores(keras_logits, name, what="the Keras model", advice="nothing was written; export another "
-                        "checkpoint (--checkpoint best_loss, last or a file)")
     info = {**(info or check_onnx_contract(onnx_path)), "path": str(name)}
     ours = ContractSession(onnx_path, info).logits(contract_input)
     p_onnx, p_keras = softmax(ours), softmax(keras_logits)
@@ -179,13 +187,14 @@ def export_onnx(model, out_path, config=None, source=None, faces=None, data_dir=
     config = config or {}
     # A mixed-precision checkpoint converts to a half-precision graph that misses the contract and parity.
     model = float32_model(model)
+    check_faces, origin = parity_faces(data_dir, faces)
+    keras_logits = keras_parity_logits(model, check_faces, out_path)  # before the conversion: it takes a while
     proto = convert_to_onnx(model, opset, input_name, output_name)
     add_metadata(proto, config, source, input_name, output_name)
-    check_faces, origin = parity_faces(data_dir, faces)
     with atomic_path(out_path) as tmp:
         onnx.save(proto, str(tmp))
         info = check_onnx_contract(tmp)
-        parity = check_parity(tmp, model, check_faces, info, name=out_path)
+        parity = check_parity(tmp, model, check_faces, info, name=out_path, keras_logits=keras_logits)
     return {"onnx": str(out_path), "opset": opset, "parameters": info["parameters"],
             "size_bytes": info["size_bytes"], "parity": {**parity, "source": origin}}
 
