@@ -441,12 +441,13 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             self._check(key, (logs or {}).get(key), f"the end of epoch {epoch + 1}")
 
     def _check(self, key, value, where):
-        if value is None or math.isfinite(float(keras.ops.convert_to_numpy(value))):
+        value = None if value is None else float(keras.ops.convert_to_numpy(value))
+        if value is None or math.isfinite(value):
             return
-        kept = (f"{self.run_dir} keeps the checkpoints of epochs 1-{self.epoch}" if self.epoch else
+        kept = (f"{self.run_dir} keeps the checkpoints of its first {self.epoch} epoch(s)" if self.epoch else
                 f"no epoch was finished, so {self.run_dir} is removed")
-        raise UserError(f"training diverged: {key} became {float(keras.ops.convert_to_numpy(value))} at {where}; "
-                        f"{kept}; lower --init_lr (it is {self.config['init_lr']:g}) or check --class_weights")
+        raise UserError(f"training diverged: {key} became {value} at {where}; {kept}; lower --init_lr "
+                        f"(it is {self.config['init_lr']:g}) or check --class_weights")
 
 
 def callbacks_for(config, run_dir, state, model=None):
