@@ -38,6 +38,18 @@ def to_contract_input(faces):
     return faces[:, None, :, :]
 
 
+def check_finite_scores(scores, source, what="the model", advice="use another model file or checkpoint"):
+    """Return `scores`, or raise a UserError when any is NaN or infinite: no softmax, label or accuracy
+    of such scores means anything, and argmax would quietly pick class 0 (neutral)."""
+    scores = np.asarray(scores)
+    bad = ~np.isfinite(scores).all(axis=tuple(range(1, scores.ndim))) if scores.size else np.zeros(0, bool)
+    if bad.any():
+        raise UserError(f"{source}: {what} returned non-finite scores (NaN or infinity) for {int(bad.sum())} of "
+                        f"{len(scores)} faces; its weights are broken (e.g. saved from a training run that "
+                        f"diverged); {advice}")
+    return scores
+
+
 # ----------------------------------------------------------------------------- checking a file
 
 def check_onnx_contract(path, expect_names=False):
@@ -162,7 +174,8 @@ class ContractSession:
 
     def logits(self, contract_input, batch_size=64):
         """float32 (N, 1, 64, 64) -> float32 (N, 8) scores."""
-        return logits_in_batches(self.run_batch, contract_input, batch_size, self.fixed_batch)
+        return check_finite_scores(logits_in_batches(self.run_batch, contract_input, batch_size, self.fixed_batch),
+                                   self.info["path"])
 
 
 def logits_in_batches(run_batch, inputs, batch_size=64, fixed_batch=None):

@@ -29,7 +29,9 @@ import concurrent.futures
 import csv
 import hashlib
 import os
+import sys
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ferkeras import CLASSES, FACE_SIZE, VOTE_COLUMNS
-from ferkeras.errors import UserError, atomic_path
+from ferkeras.errors import UserError, atomic_path, open_text
 from ferkeras.labels import check_mode, mode_summary, vote_targets
 
 SPLITS = ("train", "valid", "test")
@@ -85,6 +87,9 @@ def resolve_data_dir(path=None):
     """Return the data directory: `path`, else $FERKERAS_DATA, else "data/"; check it holds FER+."""
     chosen = path or os.environ.get("FERKERAS_DATA") or "data"
     data_dir = Path(chosen).expanduser()
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UserError(f"data directory {data_dir} is a file, not a folder; give the folder that holds "
+                        f"{KAGGLE_PIXELS_FILE} + {FERPLUS_VOTES_FILE} or the FER2013Train/Valid/Test folders")
     if not data_dir.is_dir():
         raise UserError(
             f"data directory {data_dir} does not exist; create it and {HOW_TO_GET_DATA}, "
@@ -224,7 +229,7 @@ def _read_label_csv(label_file):
     """Return (names, int32 votes (N, 10), 1-based line numbers) of a header-less label.csv."""
     names, vote_rows, lines = [], [], []
     seen = {}
-    with open(label_file, newline="") as handle:
+    with open_text(label_file) as handle:
         reader = csv.reader(handle)
         for fields in reader:
             line = reader.line_num
@@ -350,7 +355,7 @@ def _read_kaggle_splits(data_dir):
 def _read_ferplus_rows(votes_file):
     """Return [(usage, image name or "", votes, line number)] for every data row of fer2013new.csv."""
     rows = []
-    with open(votes_file, newline="") as handle:
+    with open_text(votes_file) as handle:
         reader = csv.reader(handle)
         header = tuple(field.strip() for field in next(reader, []))
         if header != FERPLUS_HEADER:
@@ -376,7 +381,7 @@ def _read_ferplus_rows(votes_file):
 def _read_kaggle_rows(pixels_file, expected_rows):
     """Return [(usage, pixels text, line number)] for every data row of fer2013.csv."""
     rows = []
-    with open(pixels_file, newline="") as handle, tqdm(
+    with open_text(pixels_file) as handle, tqdm(
         total=expected_rows, desc=f"reading {pixels_file.name}", unit="row", leave=False
     ) as progress:
         reader = csv.reader(handle)
@@ -498,8 +503,9 @@ def _read_cache(cache_file, split):
     try:
         with np.load(cache_file, allow_pickle=False) as stored:
             images, votes, names = stored["images"], stored["votes"], stored["names"]
-    except (OSError, ValueError, KeyError, EOFError):
-        return None  # unreadable: rebuild it
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        # A full disk, a copy cut short or an older ferkeras can leave a truncated file under the final name.
+        return _damaged_cache(cache_file, type(exc).__name__)
     well_formed = (
         images.dtype == np.uint8
         and images.shape[1:] == (FACE_SIZE, FACE_SIZE)
@@ -507,8 +513,14 @@ def _read_cache(cache_file, split):
         and names.shape == (len(images),)
     )
     if not well_formed:
-        return None
+        return _damaged_cache(cache_file, "unexpected array shapes")
     return Split(split, images, votes.astype(np.int32), names.astype(str))
+
+
+def _damaged_cache(cache_file, reason):
+    print(f"warning: data cache {cache_file} is damaged ({reason}); rebuilding it from the sources",
+          file=sys.stderr)
+    return None
 
 
 def _write_cache(cache_file, loaded):
@@ -520,7 +532,7 @@ def _write_cache(cache_file, loaded):
         for old in cache_file.parent.glob(f"{stale_prefix}*.npz"):
             if old != cache_file:
                 old.unlink(missing_ok=True)
-    except OSError as exc:
+    except (OSError, UserError) as exc:
         warnings.warn(
             f"could not write the data cache {cache_file} ({exc}); loading will be slow every time, "
             "set FERKERAS_CACHE to a writable folder",

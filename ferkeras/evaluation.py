@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CLASSES, NUM_CLASSES
-from .errors import UserError, write_text_atomic
+from .errors import UserError, check_output_folder, write_text_atomic
 
 CHECKPOINT_NAMES = ("best_acc", "best_loss", "last")
 
@@ -111,8 +111,11 @@ class KerasPredictor:
 
     def logits(self, faces):
         # model.predict runs a compiled (tf.function / jit) step over fixed-size batches.
+        from .contract import check_finite_scores
+
         x = np.asarray(faces, dtype=np.float32)[..., None]
-        return np.asarray(self.model.predict(x, batch_size=self.batch_size, verbose=0), dtype=np.float32)
+        logits = np.asarray(self.model.predict(x, batch_size=self.batch_size, verbose=0), dtype=np.float32)
+        return check_finite_scores(logits, self.path or self.model.name)
 
     def describe(self):
         return {"format": "keras", "path": str(self.path) if self.path else None,
@@ -296,6 +299,8 @@ def evaluate_command(run=None, model=None, checkpoint="best_acc", data_dir=None,
     """What `evaluate.py` does: load, score, print, write eval_<split>.json and confusion_<split>.png.
 
     Several --run / --model give an ensemble (`evaluate_ensemble`)."""
+    if out:
+        check_output_folder(out, "--out")
     runs, models = _as_list(run), _as_list(model)
     if len(runs) + len(models) > 1:
         return evaluate_ensemble(runs, models, checkpoint, data_dir, split, batch_size, tta, out)
@@ -391,12 +396,10 @@ def format_report(report):
 def run_summary(run_dir):
     """One row of the comparison table from a run folder's config.yaml, state.json, training.csv and
     eval_test.json (missing pieces become None)."""
-    import pandas as pd
-
     run_dir = Path(run_dir)
     config = run_config(run_dir)
     state = _read_json(run_dir / "state.json")
-    history = pd.read_csv(run_dir / "training.csv") if (run_dir / "training.csv").is_file() else None
+    history = _read_history(run_dir / "training.csv")
     if history is not None and "val_accuracy" not in history:
         history = None
     best_val = state.get("best_val_accuracy")
@@ -414,13 +417,28 @@ def run_summary(run_dir):
     }
 
 
-def _read_json(path):
+def _read_history(path):
+    """training.csv as a DataFrame (None when absent); a one-line UserError when it is damaged."""
+    import pandas as pd
+
     if not path.is_file():
-        return {}
+        return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); delete or repair it")
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: the training history is damaged ({_first_line(exc)}); restore it from a "
+                        "copy of the run folder, or delete it to compare the run without its curve") from None
+
+
+def _first_line(exc):
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _read_json(path):
+    from .errors import read_json
+
+    found = read_json(path)
+    return found if isinstance(found, dict) else {}
 
 
 def compare_runs(run_dirs, out="compare.png"):

@@ -7,14 +7,14 @@ channels, backbone normalisation) inside the graph, so the ONNX file takes the r
 path, checked against the Keras model on real faces, and only then moved into place.
 """
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from . import CLASSES, FACE_SIZE, NUM_CLASSES, __version__
-from .contract import INPUT_NAME, INPUT_SIZE, OUTPUT_NAME, ContractSession, check_onnx_contract, to_contract_input
-from .errors import UserError, atomic_path
+from .contract import (INPUT_NAME, INPUT_SIZE, OUTPUT_NAME, ContractSession, check_finite_scores, check_onnx_contract,
+                       to_contract_input)
+from .errors import UserError, atomic_path, temp_dir_beside
 
 # tf2onnx 1.17 converts up to opset 18; 17 is the newest that every onnxruntime since 1.14 runs.
 DEFAULT_OPSET = 17
@@ -146,16 +146,30 @@ def parity_faces(data_dir=None, faces=None, limit=PARITY_FACES):
     return noise, "64 random faces"
 
 
-def check_parity(onnx_path, model, faces, info=None):
+def keras_parity_logits(model, faces, name):
+    """The Keras model's logits of the parity faces; a UserError when they are not finite (a model with
+    NaN weights cannot be exported into a working file, whatever the opset)."""
+    contract_input = to_contract_input(faces)
+    keras_logits = model.predict(contract_input.transpose(0, 2, 3, 1), batch_size=64, verbose=0)
+    return check_finite_scores(keras_logits, name, what="the Keras model", advice="nothing was written; export "
+                               "another checkpoint (--checkpoint best_loss, last or a file)")
+
+
+def check_parity(onnx_path, model, faces, info=None, name=None, keras_logits=None):
     """Compare onnxruntime on to_contract_input(faces) with the Keras model on the same pixels.
 
-    Returns {faces, max_softmax_diff, top1_agreement}; raises a UserError past the tolerances.
+    `name` is the file the user asked for (`onnx_path` may be a temporary); `keras_logits`, when
+    known, are `keras_parity_logits(model, faces)`. Returns {faces, max_softmax_diff, top1_agreement};
+    raises a UserError past the tolerances, or when either model gives non-finite scores.
     """
-    session = ContractSession(onnx_path, info)
-    return check_scores_parity(session.logits, model, faces, f"{onnx_path}: ONNX", "try another --opset")
+    name = name or onnx_path
+    session = ContractSession(onnx_path, {**(info or check_onnx_contract(onnx_path)), "path": str(name)})
+    return check_scores_parity(session.logits, model, faces, f"{name}: ONNX", "try another --opset",
+                               keras_logits=keras_logits, name=name)
 
 
-def check_scores_parity(score, model, faces, what, hint, max_softmax_diff=MAX_SOFTMAX_DIFF, min_agreement=1.0):
+def check_scores_parity(score, model, faces, what, hint, max_softmax_diff=MAX_SOFTMAX_DIFF, min_agreement=1.0,
+                        keras_logits=None, name=None):
     """Compare `score` (contract input float32 [N,1,64,64] -> logits) with the Keras model on the same
     pixels of `faces`: the check every exported file passes before it is kept.
 
@@ -165,19 +179,20 @@ def check_scores_parity(score, model, faces, what, hint, max_softmax_diff=MAX_SO
     """
     from .evaluation import softmax
 
-    contract_input = to_contract_input(faces)
-    keras_logits = model.predict(contract_input.transpose(0, 2, 3, 1), batch_size=64, verbose=0)
-    p_ours, p_keras = softmax(score(contract_input)), softmax(keras_logits)
+    if keras_logits is None:
+        keras_logits = keras_parity_logits(model, faces, name or what)
+    p_ours, p_keras = softmax(score(to_contract_input(faces))), softmax(keras_logits)
     diff = float(np.abs(p_ours - p_keras).max())
-    agreement = float((p_ours.argmax(axis=1) == p_keras.argmax(axis=1)).mean())
+    agreeing = int((p_ours.argmax(axis=1) == p_keras.argmax(axis=1)).sum())
+    agreement = agreeing / len(faces)
     result = {"faces": int(len(faces)), "max_softmax_diff": diff, "top1_agreement": agreement}
     diff_fails = max_softmax_diff is not None and not diff < max_softmax_diff
     if diff_fails or agreement < min_agreement:
         bound = f", must be < {max_softmax_diff:g}" if max_softmax_diff is not None else ""
-        needed = "100%" if min_agreement >= 1 else f"at least {min_agreement:.0%}"
+        needed = "all" if min_agreement >= 1 else f"at least {min_agreement:.0%}"
         raise UserError(f"{what} and Keras outputs differ on {len(faces)} faces (max softmax difference "
-                        f"{diff:.2e}{bound}; top-1 agreement {agreement:.2%}, must be {needed}); nothing was "
-                        f"written; {hint}")
+                        f"{diff:.2e}{bound}; top-1 agreement on {agreeing} of {len(faces)} faces, must be "
+                        f"{needed}); nothing was written; {hint}")
     return result
 
 
@@ -193,13 +208,14 @@ def export_onnx(model, out_path, config=None, source=None, faces=None, data_dir=
     config = config or {}
     # A mixed-precision checkpoint converts to a half-precision graph that misses the contract and parity.
     model = float32_model(model)
+    check_faces, origin = parity_faces(data_dir, faces)
+    keras_logits = keras_parity_logits(model, check_faces, out_path)  # before the conversion: it takes a while
     proto = convert_to_onnx(model, opset, input_name, output_name)
     add_metadata(proto, config, source, input_name, output_name)
-    check_faces, origin = parity_faces(data_dir, faces)
     with atomic_path(out_path) as tmp:
         onnx.save(proto, str(tmp))
         info = check_onnx_contract(tmp)
-        parity = check_parity(tmp, model, check_faces, info)
+        parity = check_parity(tmp, model, check_faces, info, name=out_path, keras_logits=keras_logits)
     return {"onnx": str(out_path), "opset": opset, "parameters": info["parameters"],
             "size_bytes": info["size_bytes"], "parity": {**parity, "source": origin}}
 
@@ -217,7 +233,7 @@ def export_saved_model(model, path):
     """A TF SavedModel of the Keras model itself (NHWC raw-pixel input), written beside and swapped in."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    staging = temp_dir_beside(path)
     try:
         model.export(str(staging / "saved"), format="tf_saved_model", verbose=False)
         if path.exists():

@@ -133,9 +133,12 @@ def read_image_color(path):
 
 
 def list_images(folder):
-    """Image files under `folder` (recursively), by suffix, in sorted order."""
+    """Image files under `folder` (recursively), by suffix, in sorted order.
+
+    Entries that only look like image files (a broken link, a link that loops) are listed too, so
+    that reading them fails and they are counted among the skipped files instead of vanishing."""
     folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
 
 
 # ----------------------------------------------------------------------------- finding faces

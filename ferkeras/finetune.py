@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import load_labelled, resolve_data_dir
-from .errors import UserError, write_text_atomic
+from .errors import UserError, read_json, write_text_atomic
 from .user_faces import load_user_faces
 
 
@@ -67,8 +67,12 @@ def holdout_accuracy(model, holdout):
 def accuracy_before(model, holdout, run_dir):
     """The holdout accuracy of the starting model; kept in finetune.json so that --resume reports it too."""
     report = Path(run_dir) / "finetune.json"
-    if report.is_file():
-        return json.loads(report.read_text())["holdout_accuracy_before"]
+    saved = read_json(report, "fine-tuning report")
+    if saved is not None:
+        if not isinstance(saved, dict) or not isinstance(saved.get("holdout_accuracy_before"), (int, float)):
+            raise UserError(f"{report}: the fine-tuning report is damaged (no holdout_accuracy_before); "
+                            "restore it from a copy, or start the run again with --overwrite")
+        return saved["holdout_accuracy_before"]
     before = holdout_accuracy(model, holdout)
     write_text_atomic(report, json.dumps({"holdout_faces": len(holdout[0]), "holdout_accuracy_before": before}))
     return before

@@ -136,7 +136,7 @@ def _memmapped_cache(prefix, images, config, cache_dir, shapes, size):
     key["shapes"] = [list(s) for s in shapes]
     meta_path = cache_dir / "meta.json"
     files = [cache_dir / f"train_views_{i}.npy" for i in range(len(shapes))]
-    if meta_path.is_file() and json.loads(meta_path.read_text()) == key and all(f.is_file() for f in files):
+    if _stored_key(meta_path) == key and all(f.is_file() for f in files):
         print(f"cache: reusing {size / 2**30:.2f} GiB in {cache_dir}")
         return [np.load(f, mmap_mode="r") for f in files]
     print(f"cache: {size / 2**30:.2f} GiB of frozen-prefix outputs memory-mapped in {cache_dir}")
@@ -152,6 +152,14 @@ def _memmapped_cache(prefix, images, config, cache_dir, shapes, size):
         del arrays
     write_text_atomic(meta_path, json.dumps(key))
     return [np.load(f, mmap_mode="r") for f in files]
+
+
+def _stored_key(meta_path):
+    """The key a memory-mapped cache was made under; None when absent or damaged (then it is recomputed)."""
+    try:
+        return json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def valid_features(prefix, images):

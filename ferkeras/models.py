@@ -390,8 +390,8 @@ def load_model_file(path, compile=False):
     if not path.is_file():
         raise UserError(f"{path}: no such model file; give a .keras checkpoint or a .onnx export")
     if not zipfile.is_zipfile(path):
-        raise UserError(f"{path}: not a .keras model (a .keras file is a zip archive); give a checkpoint "
-                        "saved by train.py")
+        raise UserError(f"{path}: not a .keras model (a .keras file is a zip archive; this one is another format, "
+                        "or damaged or truncated); give a checkpoint saved by train.py")
     try:
         return keras.saving.load_model(path, compile=compile)
     except (ValueError, OSError, TypeError, KeyError) as exc:
@@ -414,11 +414,15 @@ def _load_keras_file_by_name(model, path, allow_partial):
 
 
 def _load_weights_h5(model, path, allow_partial):
+    _check_readable_hdf5(path)  # a damaged file is not a mismatch: --allow_partial_weights would not help
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model.load_weights(path, skip_mismatch=allow_partial)
-    except (ValueError, OSError, KeyError) as exc:
+    except OSError as exc:  # h5py could open the file but not read its arrays
+        raise UserError(f"--weights {path}: cannot read it ({_first_line(exc)[:120]}); the file is damaged or "
+                        "truncated: copy or save it again") from None
+    except (ValueError, KeyError) as exc:
         raise UserError(f"--weights {path}: does not fit {model.name} ({_first_line(exc)[:160]}); build the "
                         "model it was saved from (same --model_name and --image_size), or pass "
                         "--allow_partial_weights") from None
@@ -426,6 +430,18 @@ def _load_weights_h5(model, path, allow_partial):
     if skipped:
         return f"{path}: loaded by position, with mismatching layers skipped ({_first_line(skipped[0])})"
     return f"{path}: loaded all layers by position"
+
+
+def _check_readable_hdf5(path):
+    if not h5py.is_hdf5(path):
+        raise UserError(f"--weights {path}: not an HDF5 file (a .weights.h5 file is HDF5, written by Keras' "
+                        "model.save_weights); it may be damaged or another format: copy or save it again")
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except OSError as exc:
+        raise UserError(f"--weights {path}: cannot read it ({_first_line(exc)[:120]}); the file is damaged or "
+                        "truncated: copy or save it again") from None
 
 
 def _matching_report(path, loaded, unmatched, allow_partial, how):

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from . import CLASSES, NUM_CLASSES
 from .contract import INPUT_SIZE, ContractSession, check_onnx_contract
 from .downloads import YUNET, model_file_path
-from .errors import UserError, atomic_path, write_text_atomic
+from .errors import UserError, atomic_path, check_output_folder, write_text_atomic
 from .faces import (FERPLUS_MARGIN, IMAGE_SUFFIXES, FaceDetector, YuNetDetector, check_thresholds, crop_face,
                     decode_image, list_images, to_bgr, to_gray)
 
@@ -90,6 +90,8 @@ class EmotionPredictor:
         self.info = check_onnx_contract(model_path)
         self.session = ContractSession(model_path, self.info, intra_threads=threads)
         self.batch_size = batch_size
+        # A model with broken (NaN) weights fails here, before any input is read or output written.
+        self.probabilities(np.full((1, INPUT_SIZE, INPUT_SIZE), 128, np.uint8))
 
     def probabilities(self, faces):
         """uint8 gray faces (N, 64, 64) -> float32 (N, 8) softmax probabilities in CLASSES order."""
@@ -389,7 +391,7 @@ def predict_command(inputs, model=None, out="predictions", fmt="both", batch_siz
     `model=None` is the shipped model (`default_model_path`); `margin=None` the detector's FER+
     margin. Returns a `Summary`; `summary.images == 0` means nothing could be processed.
     """
-    check_options(fmt, batch_size, margin, threads)
+    check_options(fmt, batch_size, margin, threads, out=out)
     predictor = EmotionPredictor(model or default_model_path(), batch_size=batch_size, threads=threads)
     detector = None if no_detect else make_detector(min_face, min_neighbors, detect_side, threads, detector,
                                                     score_threshold, nms_threshold, detector_model)
@@ -426,7 +428,9 @@ def predict_command(inputs, model=None, out="predictions", fmt="both", batch_siz
     return summary
 
 
-def check_options(fmt, batch_size, margin, threads, smooth=0.0):
+def check_options(fmt, batch_size, margin, threads, smooth=0.0, out=None):
+    if out is not None:
+        check_output_folder(out, "--out")
     if fmt not in FORMATS:
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt}")
     if batch_size < 1:
@@ -557,7 +561,7 @@ def predict_video(video, model=None, out="predictions", fmt="both", batch_size=6
     """Score every frame of a video; write per-face rows (with frame, time and track) and an
     annotated copy (annotated/<stem>.mp4, or .avi for an .avi input). Returns a `Summary` counting
     frames as its images. `model`, `margin` and the detector options as in `predict_command`."""
-    check_options(fmt, batch_size, margin, threads, smooth)
+    check_options(fmt, batch_size, margin, threads, smooth, out=out)
     predictor = EmotionPredictor(model or default_model_path(), batch_size=batch_size, threads=threads)
     detector = None if no_detect else make_detector(min_face, min_neighbors, detect_side, threads, detector,
                                                     score_threshold, nms_threshold, detector_model)

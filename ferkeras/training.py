@@ -9,11 +9,14 @@ A run folder holds everything a run made:
     runs/<name>/curves.png          loss, accuracy and learning rate per epoch
     runs/<name>/tensorboard/        TensorBoard logs
 """
+import functools
 import json
 import math
 import os
 import shutil
+import socket
 import time
+import zipfile
 from datetime import datetime
 from pathlib import Path
 
@@ -22,9 +25,9 @@ import numpy as np
 
 from . import distill, distribute, finetune, frozen_cache
 from .augment import build_augmenter
-from .config import read_config, save_config
+from .config import OPTIONS, read_config, save_config
 from .data import load_labelled, resolve_data_dir, summary_line
-from .errors import UserError, atomic_path, write_text_atomic
+from .errors import UserError, atomic_path, check_output_folder, read_json, sweep_stale_temporaries, write_text_atomic
 from .losses import loss_for_mode
 from .models import apply_freeze, build_model, freeze_summary, load_model_file
 from .pipeline import FaceBatches, class_weight_vector
@@ -33,6 +36,10 @@ from .plots import plot_training_curves
 CHECKPOINTS = ("best_acc", "best_loss", "last")
 # Options that may change when a run is resumed; anything else would make a different experiment.
 RESUMABLE = ("nepochs", "early_stopping_patience", "output_dir", "data_dir", "strategy")
+# Written into a new run folder, removed once its first epoch is saved: which process is starting it.
+OWNER_FILE = ".started_by.json"
+# Run folders this process created (see `_removes_unstarted_run`).
+_created_run_dirs = []
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -45,35 +52,99 @@ def plan_run(config, explicit=()):
     """Name the run folder (or reopen it, with --resume); return (config, run_dir, state).
 
     A new run's folder is only created by `create_run_dir`, once data and model have loaded, so a
-    mistake in the command leaves no empty run behind.
+    mistake in the command leaves no empty run behind; a folder left by a run that died before its
+    first epoch ended holds nothing to keep, and is replaced rather than refused.
     """
+    check_output_folder(config["output_dir"], "--output_dir")
     if config["resume"]:
         return _reopen_run(config, explicit)
     if not config.get("name"):
         config["name"] = f"{config['model_name']}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = run_dir_for(config)
     if run_dir.exists() and not config["overwrite"]:
-        raise UserError(f"{run_dir}: a run of that name exists; pick another --name, add --overwrite to "
-                        f"replace it, or --resume to continue it")
+        if not _abandoned_before_first_epoch(run_dir):
+            raise UserError(f"{run_dir}: a run of that name exists; pick another --name, add --overwrite to "
+                            f"replace it, or --resume to continue it")
+        print(f"{run_dir}: replacing the folder of a run that stopped before its first epoch ended")
     return config, run_dir, {"epoch": 0}
 
 
 def create_run_dir(config, run_dir):
     if run_dir.exists():
-        shutil.rmtree(run_dir)  # only reached with --overwrite (plan_run refused otherwise)
+        shutil.rmtree(run_dir)  # --overwrite, or a run that died before its first epoch (plan_run)
     (run_dir / "checkpoints").mkdir(parents=True)
+    write_text_atomic(run_dir / OWNER_FILE, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    _created_run_dirs.append(run_dir)
     save_config(config, run_dir / "config.yaml")
 
 
+def _started(run_dir):
+    """A run is started (and resumable) once its first epoch's checkpoint and state.json are written."""
+    return (run_dir / "state.json").is_file()
+
+
+def _abandoned_before_first_epoch(run_dir):
+    """True for a ferkeras run folder without a finished epoch whose starting process is gone."""
+    if _started(run_dir) or not (run_dir / "config.yaml").is_file():
+        return False
+    try:
+        owner = read_json(run_dir / OWNER_FILE) or {}
+    except UserError:
+        owner = {}
+    pid, host = owner.get("pid"), owner.get("host")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return True  # made by an earlier ferkeras, or by an earlier attempt of this process
+    if host != socket.gethostname():
+        raise UserError(f"{run_dir}: process {pid} on {host} started this run and it has not finished an "
+                        "epoch yet; wait for it, or add --overwrite if that process is gone")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass
+    raise UserError(f"{run_dir}: process {pid} is starting this run right now (no epoch finished yet); "
+                    "wait for it, or pick another --name")
+
+
+def _removes_unstarted_run(train_function):
+    """Remove the folder of a new run that fails or is interrupted before its first epoch is saved:
+    it holds nothing to resume, and would only block the corrected command."""
+    @functools.wraps(train_function)
+    def wrapper(*args, **kwargs):
+        already = len(_created_run_dirs)
+        try:
+            return train_function(*args, **kwargs)
+        except BaseException:
+            for run_dir in _created_run_dirs[already:]:
+                if run_dir.is_dir() and not _started(run_dir):
+                    shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        finally:
+            del _created_run_dirs[already:]
+    return wrapper
+
+
 def _reopen_run(config, explicit):
+    """The saved config and state of the run to resume. Everything is read and checked first: the
+    folder is only written to (config.yaml, training.csv) once the run is known to be resumable."""
     if not config.get("name"):
         raise UserError("--resume needs --name: the run to continue")
     run_dir = run_dir_for(config)
-    state_path = run_dir / "state.json"
-    if not (run_dir / "checkpoints" / "last.keras").is_file() or not state_path.is_file():
-        raise UserError(f"{run_dir}: nothing to resume (no checkpoints/last.keras and state.json; the run "
-                        "did not finish an epoch); start it again with --overwrite")
-    saved = read_config(run_dir / "config.yaml")
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run to resume; check --name and --output_dir (the run folder is "
+                        "<output_dir>/<name>), or drop --resume to start a new run")
+    state_path, last = run_dir / "state.json", run_dir / "checkpoints" / "last.keras"
+    if not last.is_file() or not state_path.is_file():
+        if (run_dir / "config.yaml").is_file() and not state_path.is_file():
+            raise UserError(f"{run_dir}: the run stopped before its first epoch ended, so there is nothing to "
+                            "resume; run the same command without --resume (the unfinished folder is replaced)")
+        raise UserError(f"{run_dir}: nothing to resume (no checkpoints/last.keras and state.json); start it "
+                        "again with --overwrite")
+    saved = {opt.name: opt.default for opt in OPTIONS}  # options added since the run was made
+    saved.update(read_config(run_dir / "config.yaml"))
+    state = _read_state(state_path)
+    _check_checkpoint(last)
     changed = sorted(k for k in explicit if k not in RESUMABLE + ("resume", "name", "config")
                      and saved.get(k) != config[k])
     if changed:
@@ -81,17 +152,38 @@ def _reopen_run(config, explicit):
                         f"{', '.join(changed)}. Only {', '.join(RESUMABLE)} may change; start a new run otherwise")
     saved.update({k: config[k] for k in explicit if k in RESUMABLE})
     saved["resume"] = True
+    sweep_stale_temporaries(run_dir, recursive=True)  # left by a kill during a checkpoint or a cache
     save_config({**saved, "resume": False}, run_dir / "config.yaml")
-    state = json.loads(state_path.read_text())
     _truncate_history(run_dir / "training.csv", state["epoch"])
     return saved, run_dir, state
+
+
+def _read_state(state_path):
+    state = read_json(state_path, "run state")
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        raise UserError(f"{state_path}: the run state is damaged (no completed epoch count); restore it from a "
+                        "copy of the run folder, or start the run again with --overwrite")
+    return state
+
+
+def _check_checkpoint(path):
+    """A truncated or damaged last.keras fails here, before --resume changes anything."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as exc:
+        bad = str(exc) or type(exc).__name__
+    if bad:
+        raise UserError(f"{path}: the last checkpoint is damaged ({bad}), so the run cannot be resumed; "
+                        "restore it from a copy, or start the run again with --overwrite")
 
 
 def _truncate_history(csv_path, epochs_done):
     """Drop training.csv rows written after the last saved checkpoint (a kill between the two writes)."""
     if not csv_path.is_file():
         return
-    lines = csv_path.read_text().splitlines(keepends=True)
+    lines = csv_path.read_text(errors="replace").splitlines(keepends=True)
     write_text_atomic(csv_path, "".join(lines[:1 + epochs_done]))
 
 
@@ -287,6 +379,7 @@ class RunRecorder(keras.callbacks.Callback):
         self.best_loss = state.get("best_val_loss") or np.inf
         self.best_epoch = state.get("best_epoch", 0)
         self.saved_counters = state.get("callbacks", {})
+        self.saved_random_state = state.get("random_state")
         self.epoch_start = None
 
     def on_train_begin(self, logs=None):
@@ -294,6 +387,8 @@ class RunRecorder(keras.callbacks.Callback):
             for key, value in self.saved_counters.get(name, {}).items():
                 if value is not None:
                     setattr(callback, key, value)
+        if self.saved_random_state is not None:
+            restore_seed_states(self.full_model or self.model, self.saved_random_state)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.time()
@@ -351,8 +446,10 @@ class RunRecorder(keras.callbacks.Callback):
                            if hasattr(cb, key)} for name, cb in self.stateful.items()}
         state = {"epoch": epochs_done, "best_val_accuracy": _plain(self.best_acc),
                  "best_val_loss": _plain(self.best_loss), "best_epoch": self.best_epoch,
-                 "finished": finished, "callbacks": counters}
+                 "finished": finished, "callbacks": counters,
+                 "random_state": seed_states(self.full_model or self.model)}
         write_text_atomic(self.run_dir / "state.json", json.dumps(state, indent=2))
+        (self.run_dir / OWNER_FILE).unlink(missing_ok=True)  # started: resumable from now on
 
     def finish(self, epochs_done):
         self._write_state(epochs_done, finished=True)
@@ -363,6 +460,60 @@ def _plain(value):
     return None if value is None or not math.isfinite(value) else value
 
 
+def _seed_state_variables(model):
+    """The state of every Keras SeedGenerator in the model (the Dropout layers' masks come from them)."""
+    return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
+def seed_states(model):
+    """[[seed, counter], ...]: checkpoints do not hold them, and without them a resumed run would draw
+    the dropout masks of its first epoch again instead of those the uninterrupted run draws next."""
+    return [[int(x) for x in keras.ops.convert_to_numpy(v)] for v in _seed_state_variables(model)]
+
+
+def restore_seed_states(model, states):
+    variables = _seed_state_variables(model)
+    if len(variables) != len(states):
+        print(f"warning: state.json holds {len(states)} random-generator states, the model has "
+              f"{len(variables)}; the dropout masks will differ from an uninterrupted run")
+        return
+    for variable, state in zip(variables, states):
+        variable.assign(np.asarray(state, dtype=variable.dtype))
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """End training with a one-line error as soon as the loss is NaN or infinite.
+
+    A diverged model only gets worse, and its NaN weights would be saved as the last checkpoint (and
+    make every later score meaningless). Runs first among the callbacks, so the epoch in which it
+    happens is neither logged nor checkpointed; earlier epochs' checkpoints stay.
+    """
+
+    def __init__(self, config, run_dir):
+        super().__init__()
+        self.config, self.run_dir = config, run_dir
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check("loss", (logs or {}).get("loss"), f"step {batch + 1} of epoch {self.epoch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in ("loss", "val_loss"):
+            self._check(key, (logs or {}).get(key), f"the end of epoch {epoch + 1}")
+
+    def _check(self, key, value, where):
+        value = None if value is None else float(keras.ops.convert_to_numpy(value))
+        if value is None or math.isfinite(value):
+            return
+        kept = (f"{self.run_dir} keeps the checkpoints of its first {self.epoch} epoch(s)" if self.epoch else
+                f"no epoch was finished, so {self.run_dir} is removed")
+        raise UserError(f"training diverged: {key} became {value} at {where}; {kept}; lower --init_lr "
+                        f"(it is {self.config['init_lr']:g}) or check --class_weights")
+
+
 def callbacks_for(config, run_dir, state, model=None):
     stateful = {"lr_policy": lr_callback(config)}
     warmup = [WarmUp(config["init_lr"], config["warmup_epochs"])] if config.get("warmup_epochs") else []
@@ -370,11 +521,12 @@ def callbacks_for(config, run_dir, state, model=None):
         stateful["early_stopping"] = keras.callbacks.EarlyStopping(
             monitor="val_accuracy", mode="max", patience=config["early_stopping_patience"], verbose=1)
     recorder = RunRecorder(run_dir, config, state, stateful, model)
-    # The learning-rate callbacks add "learning_rate" to the epoch logs, so they run before the CSV logger.
-    # With --ema, validation scores the averaged weights (swapped in for each validation pass).
+    # The learning-rate callbacks add "learning_rate" to the epoch logs, so they run before the CSV logger;
+    # a non-finite loss stops the run before anything of its epoch is recorded. With --ema, validation
+    # scores the averaged weights (swapped in for each validation pass).
     ema = [ValidateWithEMA()] if config.get("ema") else []
-    callbacks = [*ema, *stateful.values(), *warmup, keras.callbacks.CSVLogger(str(run_dir / "training.csv"), append=True),
-                 recorder]
+    callbacks = [StopOnNonFiniteLoss(config, run_dir), *ema, *stateful.values(), *warmup,
+                 keras.callbacks.CSVLogger(str(run_dir / "training.csv"), append=True), recorder]
     if keras.backend.backend() == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
     return callbacks, recorder
@@ -382,6 +534,7 @@ def callbacks_for(config, run_dir, state, model=None):
 
 # ----------------------------------------------------------------------------- the run
 
+@_removes_unstarted_run
 def train(config, explicit=()):
     """Train as configured; return a summary dict (run_dir, epochs, best_val_accuracy, ...)."""
     check_combinations(config)
@@ -395,6 +548,7 @@ def train(config, explicit=()):
         finetune.finetune_source(config["finetune_from"])  # a wrong path fails before the data loads
     keras.utils.set_random_seed(config["seed"])
     train_data, (valid_x, valid_t) = load_data(config)
+    class_weight_vector(config["class_weights"], train_data[1])  # a class without faces fails before the run folder
     print(distribute.describe(placement, config))
     # Variables (model, optimiser, metrics) must be made under the strategy and the dtype policy.
     with placement.scope(), distribute.precision_policy(config):
@@ -418,10 +572,17 @@ def train(config, explicit=()):
                                 validation_batch_size=distribute.validation_batch_size(
                                     max(config["batch_size"], 64), len(valid_x), placement),
                                 epochs=config["nepochs"], initial_epoch=initial_epoch,
-                                callbacks=callbacks, verbose=1)
+                                # The batches shuffle themselves by (seed, epoch); Keras' own shuffle of
+                                # their order draws from Python's global RNG, which a resumed run does
+                                # not share with the uninterrupted one.
+                                shuffle=False, callbacks=callbacks, verbose=1)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: python train.py --name {config['name']} "
-              f"--output_dir {config['output_dir']} --resume")
+        if _started(run_dir):
+            print(f"\ninterrupted; continue with: python train.py --name {config['name']} "
+                  f"--output_dir {config['output_dir']} --resume")
+        else:
+            print(f"\ninterrupted before the first epoch ended: nothing was saved, so {run_dir} is removed; "
+                  "run the same command again to start over")
         raise
     epochs_done = initial_epoch + len(history.history.get("loss", []))
     recorder.finish(epochs_done)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CLASSES, FACE_SIZE, NUM_CLASSES
-from .errors import UserError
+from .errors import UserError, open_text
 from .faces import crop_face, read_image_color, to_gray
 from .labels import vote_targets
 from .predict import make_detector
@@ -30,7 +30,7 @@ def read_user_labels(label_file):
     if not label_file.is_file():
         raise UserError(f"{label_file}: no label file; --finetune_from needs --data_dir holding your images "
                         f"and a {LABEL_FILE} with rows 'image,emotion' or 'image,' + 8 vote counts")
-    with open(label_file, newline="", encoding="utf-8-sig") as handle:
+    with open_text(label_file) as handle:
         rows = [(line, row) for line, row in enumerate(csv.reader(handle), start=1) if any(f.strip() for f in row)]
     if rows and _is_header(rows[0][1]):
         rows = rows[1:]
