@@ -567,14 +567,13 @@ def train(config, explicit=()):
     before = finetune.accuracy_before(model, (valid_x, valid_t), run_dir) if config.get("finetune_from") else None
     print(f"run folder: {run_dir}")
     try:
-        # shuffle=False: FaceBatches shuffles itself, keyed on (seed, epoch); Keras would ignore the flag.
-        history = fit_model.fit(batches, steps_per_epoch=len(batches), shuffle=False, validation_data=valid_data,
+        history = fit_model.fit(batches, steps_per_epoch=len(batches), validation_data=valid_data,
                                 validation_batch_size=distribute.validation_batch_size(
                                     max(config["batch_size"], 64), len(valid_x), placement),
                                 epochs=config["nepochs"], initial_epoch=initial_epoch,
                                 # The batches shuffle themselves by (seed, epoch); Keras' own shuffle of
-                                # their order draws from Python's global RNG, which a resumed run does
-                                # not share with the uninterrupted one.
+                                # their order (of a finite PyDataset) draws from Python's global RNG,
+                                # which a resumed run does not share with the uninterrupted one.
                                 shuffle=False, callbacks=callbacks, verbose=1)
     except KeyboardInterrupt:
         if _started(run_dir):
