@@ -21,7 +21,7 @@ from ferkeras import CLASSES
 from ferkeras.predict import predict_command
 from ferkeras.service.images import image_size
 from tests.service.conftest import REPO
-from tests.test_predict import compose, real_faces  # noqa: F401  (real_faces: a fixture)
+from tests.test_predict import compose
 
 MAX_BYTES = 300_000
 MAX_PIXELS = 2_000_000
