@@ -11,6 +11,7 @@ numpy and OpenCV only: no TensorFlow, no Keras, so that a deployment with onnxru
   cascade. YuNet finds more of the faces (turned, covered, low-contrast) and is faster.
 - `crop_face`: a square crop around a box, resized to the model's side.
 """
+import abc
 import threading
 from pathlib import Path
 
@@ -143,7 +144,7 @@ def list_images(folder):
 
 # ----------------------------------------------------------------------------- finding faces
 
-class _Detector:
+class _Detector(abc.ABC):
     """What both detectors share: a uint8 gray or BGR image in, face boxes (x, y, w, h) of the full-size
     image out, as ints, in reading order.
 
@@ -166,8 +167,9 @@ class _Detector:
         self._local = threading.local()
         self._local.engine = self._create()  # built here so that a broken model fails at once
 
+    @abc.abstractmethod
     def _create(self):
-        raise NotImplementedError
+        """A new OpenCV detector object (one per thread)."""
 
     def _engine(self):
         """This thread's OpenCV detector object."""
