@@ -24,6 +24,7 @@ COMMANDS = {
     "serve": ("ferkeras.service", "answer predictions over HTTP"),
 }
 # Top-level modules of the `ferkeras[train]` extra: a command failing to import one needs that extra.
+SERVE_EXTRA_MODULES = {"fastapi", "starlette", "uvicorn", "multipart", "python_multipart"}
 TRAIN_EXTRA_MODULES = {"tensorflow", "keras", "tf2onnx", "albumentations", "pandas", "h5py", "yaml",
                        "matplotlib", "tensorboard"}
 
@@ -53,6 +54,9 @@ def missing_module(command, exc):
     if missing == COMMANDS[command][0]:
         return UserError(f"ferkeras {command}: not part of this ferkeras ({missing} is missing); install a "
                          "ferkeras that has it")
+    if missing.split(".")[0] in SERVE_EXTRA_MODULES:
+        return UserError(f"ferkeras {command}: needs the service packages ({missing} is not installed); "
+                         "pip install 'ferkeras[serve]' (or -r requirements.txt in a checkout)")
     if missing.split(".")[0] in TRAIN_EXTRA_MODULES:
         return UserError(f"ferkeras {command}: needs the training packages ({missing} is not installed); "
                          "pip install 'ferkeras[train]' (or -r requirements.txt in a checkout)")
