@@ -276,3 +276,25 @@ def test_framing_and_speed_benchmarks_report_both_detectors(ferplus_dir, small_f
     for result in speed["models"]:
         scores = result["by_margin"][str(make_detector(detector=result["detector"]).ferplus_margin)]
         assert result["pictures"] == 4 and scores["found_faces"] + scores["false_detections"] == result["faces_found"]
+
+
+def test_suite_time_reports_every_test_and_pytests_exit_status(tmp_path):
+    suite_time = load_script("suite_time")
+    (tmp_path / "test_a.py").write_text("import time\n\ndef test_sleeps():\n    time.sleep(0.2)\n\n"
+                                        "def test_works():\n    sum(range(10 ** 6))\n")
+    (tmp_path / "test_b.py").write_text("def test_fails():\n    assert False\n")
+    out = tmp_path / "suite_time.json"
+    status = suite_time.main(["--repo", str(tmp_path), "--pytest_args", "test_a.py test_b.py", "--out", str(out)])
+    assert status == 1  # pytest's own: one test failed
+    report = json.loads(out.read_text())
+    results = report["results"]
+    assert results["pytest"].startswith("1 failed, 2 passed")
+    assert [row["test"] for row in results["tests"]] == ["test_a.py::test_sleeps", "test_a.py::test_works",
+                                                        "test_b.py::test_fails"]
+    sleeps = results["tests"][0]
+    assert sleeps["wall_s"] >= 0.2 and sleeps["cpu_s"] < sleeps["wall_s"]  # sleeping costs no CPU
+    files = {row["file"]: row for row in results["per_file"]}
+    assert files["test_a.py"]["tests"] == 2 and files["test_b.py"]["tests"] == 1
+    assert files["test_a.py"]["wall_s"] == pytest.approx(sum(r["wall_s"] for r in results["tests"][:2]))
+    assert results["wall_s"] >= sum(r["wall_s"] for r in results["tests"])
+    assert "--pytest_args 'test_a.py test_b.py'" in report["command"]
