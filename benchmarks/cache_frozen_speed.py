@@ -52,10 +52,10 @@ def main(argv=None):
     ferkeras.import_keras_quietly()
     import numpy as np
 
-    from ferkeras.config import resolve
-    from ferkeras.data import load_labelled
-    from ferkeras.frozen_cache import compile_suffix, split_model
-    from ferkeras.training import new_model
+    from ferkeras.train.config import resolve
+    from ferkeras.data.ferplus import load_labelled
+    from ferkeras.train.frozen_cache import compile_suffix, split_model
+    from ferkeras.train.run import new_model
 
     config, _ = resolve(["--model_name", args.model_name, "--weights", args.weights,
                          "--image_size", str(args.image_size), "--freeze_before", str(args.freeze_before),

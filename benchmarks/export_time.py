@@ -1,4 +1,4 @@
-"""Export time: seconds for `ferkeras.export.export_onnx` (tf2onnx conversion, metadata, contract check and
+"""Export time: seconds for `ferkeras.export.onnx.export_onnx` (tf2onnx conversion, metadata, contract check and
 the 256-face parity check against Keras) on freshly built models.
 
     python benchmarks/export_time.py --data_dir ../shared/data/ferplus                      # README table
@@ -65,8 +65,8 @@ def timed_parity(export_module):
 def export_one(spec, args, first):
     """Build, export and save one config; return its table row."""
     import train_speed
-    from ferkeras import export
-    from ferkeras.models import build_model
+    from ferkeras.export import onnx as export
+    from ferkeras.models.registry import build_model
 
     model_name, image_size, _ = train_speed.parse_spec(spec)
     model = build_model(model_name, weights="none", image_size=image_size or None)

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 
 from common import load_average  # noqa: E402
 from ferkeras.errors import run_cli, write_text_atomic  # noqa: E402
-from ferkeras.predict import make_detector  # noqa: E402
+from ferkeras.deploy.predict import make_detector  # noqa: E402
 
 SIDE = 140
 
@@ -70,7 +70,7 @@ def main(argv=None):
     parser.add_argument("--detector_model", help="YuNet ONNX file (default: found or fetched)")
     parser.add_argument("--out", default="face_framing.json", help="JSON report (default: face_framing.json)")
     args = parser.parse_args(argv)
-    from ferkeras.data import load_labelled
+    from ferkeras.data.ferplus import load_labelled
 
     images, _, _ = load_labelled(args.data_dir, "valid", "majority")
     images = images[:args.faces]

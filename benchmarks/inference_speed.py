@@ -52,7 +52,7 @@ def build_parser():
 
 def measure(label, predictor, batch1, batch64, eval_faces, repeats):
     """One runtime's row: evaluation images/s, batch-1 latency and batch-64 throughput."""
-    from ferkeras.evaluation import timed_logits
+    from ferkeras.evaluate.tta import timed_logits
 
     with common.LoadWindow() as load:
         _, eval_img_s = timed_logits(predictor, eval_faces)
@@ -71,7 +71,7 @@ def main(argv=None):
                 raise UserError(f"{run / name}: not found; --run needs folders with model.onnx and model.keras "
                                 "(python export.py --run ..., or benchmarks/export_time.py)")
     common.ferkeras.import_keras_quietly()
-    from ferkeras.evaluation import load_eval_split
+    from ferkeras.evaluate.report import load_eval_split
 
     faces = load_eval_split(args.data_dir, "valid")[0]
     if args.eval_faces:
@@ -92,9 +92,10 @@ def main(argv=None):
 
 def measure_run(run, faces, repeats):
     """The onnxruntime and Keras rows of one exported folder."""
-    from ferkeras.contract import INPUT_NAME, to_contract_input
-    from ferkeras.evaluation import KerasPredictor, OnnxPredictor
-    from ferkeras.models import load_model_file
+    from ferkeras.deploy.contract import INPUT_NAME, to_contract_input
+    from ferkeras.models.predictor import KerasPredictor
+    from ferkeras.deploy.contract import OnnxPredictor
+    from ferkeras.models.weights import load_model_file
 
     contract = to_contract_input(faces[:64])
     nhwc = contract.transpose(0, 2, 3, 1)

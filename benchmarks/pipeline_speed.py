@@ -4,7 +4,7 @@ the images/s of the training step it feeds.
     python benchmarks/pipeline_speed.py --data_dir ../shared/data/ferplus                  # README table
     python benchmarks/pipeline_speed.py --data_dir ../shared/data/ferplus --train_json benchmarks/results/train_speed.json
 
-The batches come from `ferkeras.training.make_batches` (shuffling, augmentation, float32 conversion,
+The batches come from `ferkeras.train.run.make_batches` (shuffling, augmentation, float32 conversion,
 class-weight sample weights) over real training faces, read one after the other in one thread, as
 `model.fit` reads a PyDataset with workers=1 (on a tf.data prefetch thread, beside the training step).
 The training step is ResNet50 at 64x64, every layer trainable (--step_config): measured here as the
@@ -85,8 +85,8 @@ def main(argv=None):
 
     train_speed.parse_spec(args.step_config)
     common.ferkeras.import_keras_quietly()
-    from ferkeras.data import load_labelled
-    from ferkeras.training import make_batches
+    from ferkeras.data.ferplus import load_labelled
+    from ferkeras.train.run import make_batches
 
     images, targets, _ = load_labelled(args.data_dir, "train", "majority")
     settings = argparse.Namespace(batch_size=args.batch_size, data_dir=args.data_dir, augment="crop_flip")

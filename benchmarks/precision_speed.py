@@ -2,7 +2,7 @@
 
     python benchmarks/precision_speed.py --data_dir ../shared/data/ferplus          # the README table
 
-Each setting builds the model as train.py does (ferkeras.distribute's dtype policy and compile options,
+Each setting builds the model as train.py does (ferkeras.train.distribute's dtype policy and compile options,
 weights none) and times `train_on_batch` on one batch of real training faces, repeated: the first step
 (tracing, and XLA compilation where on) is reported apart, then one more warm-up step, then the mean of
 --steps steps. The load average is printed because neighbours' jobs skew such timings.
@@ -33,9 +33,9 @@ def parse_args(argv):
 def time_setting(precision, jit, faces, targets, image_size, steps):
     import keras
 
-    from ferkeras import distribute
-    from ferkeras.losses import loss_for_mode
-    from ferkeras.models import build_model
+    from ferkeras.train import distribute
+    from ferkeras.models.losses import loss_for_mode
+    from ferkeras.models.registry import build_model
 
     config = {"mixed_precision": precision, "jit_compile": jit}
     keras.utils.set_random_seed(0)
@@ -61,7 +61,7 @@ def main(argv=None):
     ferkeras.import_keras_quietly()
     import numpy as np
 
-    from ferkeras.data import load_split, resolve_data_dir
+    from ferkeras.data.ferplus import load_split, resolve_data_dir
 
     faces = load_split(resolve_data_dir(args.data_dir), "train").images[:args.batch_size]
     faces = faces.astype(np.float32)[..., None]

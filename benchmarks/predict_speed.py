@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from common import LoadWindow  # noqa: E402
 from ferkeras.errors import UserError, run_cli, write_text_atomic  # noqa: E402
-from ferkeras.predict import (DETECTORS, EmotionPredictor, box_iou, crop_margin, make_detector,  # noqa: E402
+from ferkeras.deploy.predict import (DETECTORS, EmotionPredictor, box_iou, crop_margin, make_detector,  # noqa: E402
                               predict_command)
 
 CANVAS = (480, 640)
@@ -169,7 +169,7 @@ def main(argv=None):
     for model in args.model:
         if not Path(model).is_file():
             raise UserError(f"{model}: no such ONNX file; give a contract model (export.py writes one)")
-    from ferkeras.data import load_labelled
+    from ferkeras.data.ferplus import load_labelled
 
     images, targets, _ = load_labelled(args.data_dir, "valid", "majority")
     labels = targets.argmax(axis=1)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (puts the repository on sys.path and sets TensorFlow's environment)
 import ferkeras  # noqa: E402
 from ferkeras.errors import UserError, run_cli  # noqa: E402
-from ferkeras.quantize import DEFAULT_CALIBRATION_FACES, SPEED_ROUNDS  # noqa: E402
+from ferkeras.export.int8 import DEFAULT_CALIBRATION_FACES, SPEED_ROUNDS  # noqa: E402
 
 
 def alternatives():
@@ -43,9 +43,9 @@ def compare_settings(float_path, data_dir, calibration_count, rounds, threads):
     """Quantize with every alternative, then time them all with the float model; return the rows."""
     from tqdm import tqdm
 
-    from ferkeras.contract import ContractSession, to_contract_input
-    from ferkeras.evaluation import load_eval_split
-    from ferkeras.quantize import calibration_faces, compare_speed, quantize_int8, top1_agreement, valid_metrics
+    from ferkeras.deploy.contract import ContractSession, to_contract_input
+    from ferkeras.evaluate.report import load_eval_split
+    from ferkeras.export.int8 import calibration_faces, compare_speed, quantize_int8, top1_agreement, valid_metrics
 
     faces, labels, vote_dist = load_eval_split(data_dir, "valid")
     eval_input = to_contract_input(faces)
@@ -110,7 +110,7 @@ def main(argv=None):
         raise UserError(f"--threads: expected 0 (one per core) or more, got {args.threads}")
     if args.rounds < 1:
         raise UserError(f"--rounds: expected at least 1, got {args.rounds}")
-    from ferkeras.quantize import quantize_command
+    from ferkeras.export.int8 import quantize_command
 
     quantize_command(args.onnx, out=args.out, data_dir=args.data_dir, calibration_faces_count=args.calibration_faces,
                      threads=args.threads)

@@ -42,7 +42,7 @@ BOUNDARY = "ferkeras-load-test"
 
 def compose_pictures(data_dir, count, seed):
     """[(name, JPEG bytes, placed faces)] of `count` composed pictures."""
-    from ferkeras.data import load_labelled
+    from ferkeras.data.ferplus import load_labelled
 
     images, targets, _ = load_labelled(data_dir, "valid", "majority")
     with tempfile.TemporaryDirectory(prefix="serve-load-") as folder:
@@ -149,8 +149,8 @@ def pipeline_cpu_per_picture(model, pictures):
     the server's own CPU time per picture is compared with (both swell alike on a busy machine)."""
     import numpy as np
 
-    from ferkeras.faces import to_gray
-    from ferkeras.predict import EmotionPredictor, find_faces, make_detector
+    from ferkeras.deploy.faces import to_gray
+    from ferkeras.deploy.predict import EmotionPredictor, find_faces, make_detector
     from ferkeras.service.images import decode_upload
 
     detector, predictor = make_detector(48, 5, 1280, threads=1), EmotionPredictor(model, threads=1)

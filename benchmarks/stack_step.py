@@ -32,8 +32,8 @@ def keras_resnet50(image_size):
 
 
 def ferkeras_resnet50(image_size, batch_size):
-    from ferkeras.config import resolve
-    from ferkeras.training import new_model
+    from ferkeras.train.config import resolve
+    from ferkeras.train.run import new_model
 
     config, _ = resolve(["--model_name", "ResNet50", "--image_size", str(image_size), "--weights", "none",
                          "--freeze_before", "0", "--batch_size", str(batch_size)])

@@ -4,11 +4,11 @@
     python benchmarks/tflite_speed.py --model best.keras --data_dir PATH --threads 1 --out_dir /tmp/files
 
 Exports the model five ways, each with the checks export.py runs (parity with Keras, int8 agreement):
-ONNX float32 and int8 (onnxruntime static quantization, ferkeras.quantize's defaults), TFLite float32,
+ONNX float32 and int8 (onnxruntime static quantization, ferkeras.export.int8's defaults), TFLite float32,
 TFLite int8 as `export.py --format tflite --quantize int8` writes it (full integer, float I/O), and
 TFLite dynamic-range int8 (the alternative that needs no calibration), both int8 flavours calibrated /
 checked like the shipped ones. Then it scores all five on the FER+ validation faces (majority protocol)
-and times them in alternating rounds (ferkeras.quantize.time_sessions), so a machine shared with other
+and times them in alternating rounds (ferkeras.export.int8.time_sessions), so a machine shared with other
 jobs slows all of them alike: latency at batch 1 (median call) and throughput at batch 64.
 
 onnxruntime and LiteRT (XNNPACK) get the same number of threads (--threads, default: all cores).
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (puts the repository on sys.path and sets TensorFlow's environment)
 import ferkeras  # noqa: E402
 from ferkeras.errors import UserError, run_cli  # noqa: E402
-from ferkeras.quantize import DEFAULT_CALIBRATION_FACES, SPEED_ROUNDS  # noqa: E402
+from ferkeras.export.int8 import DEFAULT_CALIBRATION_FACES, SPEED_ROUNDS  # noqa: E402
 
 COLUMNS = [("model", "name", None), ("file", "file", None), ("size (MB)", "size_mb", "{:.2f}"),
            ("latency batch 1 (ms)", "latency_ms_batch1", "{:.2f}"),
@@ -37,9 +37,9 @@ COLUMNS = [("model", "name", None), ("file", "file", None), ("size (MB)", "size_
 
 def export_all(model, config, source, data_dir, work, calibration, eval_input):
     """Write the five files into `work`; return {name: (path, export seconds)}."""
-    from ferkeras.export import export_onnx
-    from ferkeras.quantize import quantize_int8
-    from ferkeras.tflite_export import DYNAMIC_RANGE, FULL_INT8, export_tflite
+    from ferkeras.export.onnx import export_onnx
+    from ferkeras.export.int8 import quantize_int8
+    from ferkeras.export.tflite import DYNAMIC_RANGE, FULL_INT8, export_tflite
 
     work = Path(work)
     jobs = {
@@ -67,8 +67,8 @@ def export_all(model, config, source, data_dir, work, calibration, eval_input):
 
 
 def open_session(path, threads):
-    from ferkeras.contract import ContractSession
-    from ferkeras.tflite import TfliteSession
+    from ferkeras.deploy.contract import ContractSession
+    from ferkeras.deploy.tflite import TfliteSession
 
     if Path(path).suffix == ".onnx":
         return ContractSession(path, intra_threads=threads), "onnx"
@@ -77,9 +77,9 @@ def open_session(path, threads):
 
 def measure(files, keras_logits, eval_faces, threads, rounds):
     """Scores, accuracy and agreement of every file on the validation faces, then the timing rounds."""
-    from ferkeras.quantize import time_sessions, top1_agreement, valid_metrics
-    from ferkeras.tflite import to_tflite_input
-    from ferkeras.contract import to_contract_input
+    from ferkeras.export.int8 import time_sessions, top1_agreement, valid_metrics
+    from ferkeras.deploy.tflite import to_tflite_input
+    from ferkeras.deploy.contract import to_contract_input
 
     faces, labels, vote_dist = eval_faces
     layouts = {"onnx": to_contract_input(faces), "tflite": to_tflite_input(faces)}
@@ -124,11 +124,11 @@ def main(argv=None):
     if args.threads < 1 or args.rounds < 1:
         raise UserError(f"--threads and --rounds: expected whole numbers >= 1, got {args.threads} and {args.rounds}")
     ferkeras.import_keras_quietly()
-    from ferkeras.contract import to_contract_input
-    from ferkeras.evaluation import load_eval_split
-    from ferkeras.export import export_source
-    from ferkeras.models import load_model_file
-    from ferkeras.quantize import calibration_faces
+    from ferkeras.deploy.contract import to_contract_input
+    from ferkeras.evaluate.report import load_eval_split
+    from ferkeras.export.onnx import export_source
+    from ferkeras.models.weights import load_model_file
+    from ferkeras.export.int8 import calibration_faces
 
     source_path, config = export_source(args.run, args.model)
     data_dir = args.data_dir or config.get("data_dir")

@@ -9,7 +9,7 @@ Each is measured in three ways, with the model built by train.py's own `new_mode
 by its own `FaceBatches` on real faces:
 
 1. bare step: `train_on_batch` on one real batch, repeated (median after 2 warm-up steps);
-2. end to end: `ferkeras.training.train` itself for 2 epochs (the first is the warm-up) on a subset
+2. end to end: `ferkeras.train.run.train` itself for 2 epochs (the first is the warm-up) on a subset
    sized to about --epoch_seconds of steps, with a validation subset in FER+'s own proportion (3,191
    validation faces per 25,045 training faces), all of train.py's callbacks (checkpoints, CSV, curves,
    TensorBoard) and a timing callback at each end of the list;
@@ -55,7 +55,7 @@ def parse_spec(spec):
 
 def train_config(spec, args, output_dir, train_faces=0, valid_faces=0, nepochs=2):
     """The config train.py would resolve for this benchmark's flags (weights none: no downloads here)."""
-    from ferkeras.config import resolve
+    from ferkeras.train.config import resolve
 
     model_name, image_size, freeze_before = parse_spec(spec)
     flags = ["--model_name", model_name, "--image_size", str(image_size), "--freeze_before", str(freeze_before),
@@ -80,7 +80,7 @@ def bare_step(config, train, budget_s, min_steps=3, max_steps=50):
     """
     import keras
 
-    from ferkeras.training import make_batches, new_model
+    from ferkeras.train.run import make_batches, new_model
 
     model = new_model(config)
     flops = {"forward": common.forward_flops(model), "training": common.training_flops(model)}
@@ -136,8 +136,8 @@ def timing_callbacks(record):
 
 @contextlib.contextmanager
 def timed_callbacks(record):
-    """Run `ferkeras.training.train` unchanged but with the timing callbacks around its own list."""
-    from ferkeras import training
+    """Run `ferkeras.train.run.train` unchanged but with the timing callbacks around its own list."""
+    from ferkeras.train import run as training
 
     original = training.callbacks_for
 
@@ -155,7 +155,7 @@ def timed_callbacks(record):
 
 def end_to_end(config):
     """Train as train.py does for 2 epochs; return the timeline of both epochs."""
-    from ferkeras.training import train
+    from ferkeras.train.run import train
 
     record = []
     with timed_callbacks(record):
@@ -195,7 +195,7 @@ def epoch_figures(record, batch_size):
 
 def measure_config(spec, args, train, work_dir):
     """Every figure of one config, as a flat dict (the JSON row and the table row)."""
-    from ferkeras.training import new_model  # noqa: F401  (fail early if the training module breaks)
+    from ferkeras.train.run import new_model  # noqa: F401  (fail early if the training module breaks)
 
     row = {"config": spec, "batch_size": args.batch_size, "augment": args.augment}
     with common.LoadWindow() as load:
@@ -321,7 +321,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     specs = [(spec, parse_spec(spec)) for spec in args.configs]  # a malformed spec fails before TF loads
     common.ferkeras.import_keras_quietly()
-    from ferkeras.data import load_labelled
+    from ferkeras.data.ferplus import load_labelled
 
     train_images, train_targets, _ = load_labelled(args.data_dir, "train", "majority")
     train = (train_images, train_targets)

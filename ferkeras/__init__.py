@@ -51,7 +51,7 @@ def _register_layers_when_keras_loads():
     """Make `keras.saving.load_model` find every layer ferkeras saves once `ferkeras` is imported.
 
     Keras resolves custom layers from its registry, filled when the module defining a layer is
-    imported; it never imports a third-party module by name. Importing ferkeras.models here would load
+    imported; it never imports a third-party module by name. Importing ferkeras.models.registry here would load
     Keras and TensorFlow into every deployment that only runs onnxruntime, so the layers are registered
     when Keras itself is imported: now if it already is, else right after its import completes.
     """
@@ -62,7 +62,7 @@ def _register_layers_when_keras_loads():
 
     def register():
         try:
-            importlib.import_module("ferkeras.models")
+            importlib.import_module("ferkeras.models.registry")
         except ImportError:  # a deployment-only install: Keras without our training dependencies
             pass
 

@@ -12,8 +12,8 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
-from .errors import UserError, run_cli
+from ferkeras import __version__
+from ferkeras.errors import UserError, run_cli
 
 # command -> (module with main(argv), one-line summary)
 COMMANDS = {

@@ -21,6 +21,12 @@ class UserError(Exception):
     """An error caused by user input; its message says what was expected, what came, and the fix."""
 
 
+def first_line(exc):
+    """An exception's first line of text, for one-line errors (its type name when it has no text)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def run_cli(main, argv=None):
     """Run `main(argv)` and turn a UserError (or Ctrl-C) into a one-line message and an exit code."""
     try:

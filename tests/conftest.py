@@ -114,8 +114,8 @@ def small_kaggle(small_ferplus, tmp_path_factory):
 def real_faces(ferplus_dir):
     """The first validation faces the cascade finds when each is shown alone, upscaled, on the
     background of the tests (exactly one box, overlapping the face): six of the first 40."""
-    from ferkeras.faces import FaceDetector
-    from ferkeras.predict import box_iou
+    from ferkeras.deploy.faces import FaceDetector
+    from ferkeras.deploy.predict import box_iou
 
     if Path(ferplus_dir) != REAL_FERPLUS:
         pytest.skip("detection tests need the real FER+ faces; the synthetic stand-ins are not faces")

@@ -8,7 +8,7 @@
   find them.
 - Training runs: their per-epoch history and their checkpoint's weights, compared exactly.
 
-The data helpers build their files with csv and OpenCV directly, not with `ferkeras.data`, so that the
+The data helpers build their files with csv and OpenCV directly, not with `ferkeras.data.ferplus`, so that the
 data loader's own tests compare it against something it did not produce.
 """
 import csv
@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ferkeras import FACE_SIZE, NUM_CLASSES, VOTE_COLUMNS
-from ferkeras.contract import INPUT_NAME, OUTPUT_NAME
+from ferkeras.deploy.contract import INPUT_NAME, OUTPUT_NAME
 
 REAL_FERPLUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ferplus"
 SPLIT_FOLDERS = {"train": "FER2013Train", "valid": "FER2013Valid"}

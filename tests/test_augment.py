@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ferkeras.augment import RECIPES, build_augmenter
+from ferkeras.data.augment import RECIPES, build_augmenter
 from ferkeras.errors import UserError
 
 

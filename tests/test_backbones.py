@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import ferkeras  # noqa: F401  (sets TensorFlow's environment before Keras is imported)
-from ferkeras.backbones import facenet, vggface
+from ferkeras.models.backbones import facenet, vggface
 from ferkeras.errors import UserError
-from ferkeras.legacy_h5 import legacy_layer_name, load_legacy_h5
+from ferkeras.models.legacy_h5 import legacy_layer_name, load_legacy_h5
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TABLES = {"ResNet50": SHARED / "reference/vggface2_resnet50_layers.txt",

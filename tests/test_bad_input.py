@@ -26,7 +26,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from ferkeras.config import resolve
+from ferkeras.train.config import resolve
 from ferkeras.errors import UserError, read_text, sweep_stale_temporaries, write_text_atomic
 from tests.test_predict import linear_model
 
@@ -177,7 +177,7 @@ def test_recipe_numbers_keep_their_value():
     """What YAML 1.1 reads as a string (1e-4 without a dot) is still the number meant."""
     config, _ = resolve([])
     assert config["init_lr"] == 1e-4
-    from ferkeras.config import _coerce
+    from ferkeras.train.config import _coerce
 
     assert _coerce("init_lr", "1e-4", "r.yaml") == 1e-4 and _coerce("init_lr", 2, "r.yaml") == 2.0
     assert _coerce("jit_compile", False, "r.yaml") is False
@@ -264,7 +264,7 @@ def nan_onnx(path):
 
 
 def test_damaged_run_files_and_non_finite_scores_give_one_line(two_runs, small_ferplus, tmp_path):
-    from ferkeras.data import _cache_file, load_split
+    from ferkeras.data.ferplus import _cache_file, load_split
 
     runs, _ = two_runs
     empty = copy_run(runs / "whole", tmp_path / "empty")
@@ -333,7 +333,7 @@ def with_label_rows(source, target, edit):
 
 
 def test_text_files_with_a_byte_order_mark_read_as_without_one(small_ferplus, small_kaggle, tmp_path):
-    from ferkeras.data import load_split
+    from ferkeras.data.ferplus import load_split
 
     bom = with_label_rows(small_ferplus, tmp_path / "bom", lambda data: b"\xef\xbb\xbf" + data)
     for split in ("train", "valid"):

@@ -83,7 +83,7 @@ def test_training_flops_follow_the_freezing_convention():
 
 
 def test_flops_of_a_ferkeras_model_agree_with_tensorflows_profiler():
-    from ferkeras.models import build_model
+    from ferkeras.models.registry import build_model
 
     model = build_model("VGG13", weights="none", image_size=32)
     profiled = common.profiler_flops(model, (48, 48))
@@ -259,7 +259,7 @@ def test_stack_step_refuses_impossible_settings():
 def test_framing_and_speed_benchmarks_report_both_detectors(ferplus_dir, small_ferplus, models, yunet_model,
                                                              tmp_path):
     """benchmarks/face_framing.py and predict_speed.py, tiny, on real faces with a stand-in model."""
-    from ferkeras.predict import make_detector
+    from ferkeras.deploy.predict import make_detector
     from tests.conftest import REAL_FERPLUS
 
     if Path(ferplus_dir) != REAL_FERPLUS:

@@ -13,7 +13,7 @@ import pytest
 
 from ferkeras import CLASSES, __version__
 from ferkeras.cli import COMMANDS, main as ferkeras_main
-from ferkeras.faces import FaceDetector
+from ferkeras.deploy.faces import FaceDetector
 from tests.test_detectors import run_in_process
 from tests.test_predict import compose, expected_probabilities, faint_noise, models  # noqa: F401  (fixtures)
 

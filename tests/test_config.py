@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ferkeras.config import OPTIONS, PUBLISHED_CLASS_WEIGHTS, load_recipe, resolve
+from ferkeras.data.batches import PUBLISHED_CLASS_WEIGHTS
+from ferkeras.train.config import OPTIONS, load_recipe, resolve
 from ferkeras.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-import ferkeras.data as data
+import ferkeras.data.ferplus as data
 from ferkeras import CLASSES
-from ferkeras.data import (
+from ferkeras.data.ferplus import (
     available_splits,
     detect_form,
     load_labelled,

@@ -15,8 +15,8 @@ import pytest
 from ferkeras import CLASSES
 from ferkeras.commands.predict import main as predict_main
 from ferkeras.errors import UserError, run_cli
-from ferkeras.faces import YUNET_MARGIN, FaceDetector, YuNetDetector, crop_face
-from ferkeras.predict import (EmotionPredictor, box_iou, default_workers, make_detector, predict_command,
+from ferkeras.deploy.faces import YUNET_MARGIN, FaceDetector, YuNetDetector, crop_face
+from ferkeras.deploy.predict import (EmotionPredictor, box_iou, default_workers, make_detector, predict_command,
                               predict_images, predict_video)
 from tests.conftest import REAL_FERPLUS, read_label_rows
 from tests.test_predict import (FACE_SIDE, PLACES, compose, faint_noise, linear_weights,  # noqa: F401

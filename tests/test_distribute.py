@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ferkeras import distribute
-from ferkeras.config import resolve
+from ferkeras.train import distribute
+from ferkeras.train.config import resolve
 from ferkeras.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def plain_model(*args, **kwargs):
     """Stands in for build_model: the model contract (raw faces in, float32 logits out), no dropout
     and no BatchNorm."""
     import keras
-    from ferkeras.models import FacePreprocess
+    from ferkeras.models.preprocess import FacePreprocess
 
     faces = keras.Input((None, None, 1), name="faces")
     x = FacePreprocess(16, "scale01", name="preprocess", dtype="float32")(faces)
@@ -48,8 +48,8 @@ import tensorflow as tf
 if spec.get("logical_cpus"):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * spec["logical_cpus"])
-from ferkeras import training
-from ferkeras.config import resolve
+from ferkeras.train import run as training
+from ferkeras.train.config import resolve
 ''' + inspect.getsource(plain_model) + r'''
 training.build_model = plain_model
 histories = {}
@@ -171,7 +171,7 @@ def test_multiworker_run_writes_one_checkpoint_set_and_resumes(small_ferplus, tm
     # the uninterrupted single-device run.
     histories, _ = one_device_and_mirrored
     assert_same_training(history, histories["one"])
-    from ferkeras.models import load_model_file
+    from ferkeras.models.weights import load_model_file
 
     last = load_model_file(output_dir / "mw" / "checkpoints" / "last.keras", compile=True)
     assert int(last.optimizer.iterations) == 2 * 96 // 32
@@ -216,7 +216,7 @@ def test_auto_strategy_is_one_device_without_several_gpus():
 
 
 def test_mixed_precision_keeps_preprocessing_logits_and_variables_float32():
-    from ferkeras.models import build_model
+    from ferkeras.models.registry import build_model
 
     with distribute.precision_policy({"mixed_precision": "bfloat16"}):
         model = build_model("VGG13", weights="none", image_size=16, dropout_rate=0.0)
@@ -232,7 +232,7 @@ def test_mixed_precision_keeps_preprocessing_logits_and_variables_float32():
 @pytest.fixture(scope="module")
 def float16_run(small_ferplus, tmp_path_factory):
     """A float16 run of 1 epoch resumed for a second, in this process, with the plain model."""
-    import ferkeras.training as training
+    import ferkeras.train.run as training
 
     output_dir = tmp_path_factory.mktemp("f16") / "runs"
     argv = args(small_ferplus, output_dir, "f16", "--mixed_precision", "float16", "--train_limit", "64")
@@ -244,7 +244,7 @@ def float16_run(small_ferplus, tmp_path_factory):
 
 
 def test_float16_run_resumes_with_its_loss_scale(float16_run):
-    from ferkeras.models import load_model_file
+    from ferkeras.models.weights import load_model_file
 
     history = pd.read_csv(float16_run / "training.csv")
     assert list(history["epoch"]) == [0, 1] and np.isfinite(history["loss"]).all()
@@ -260,9 +260,9 @@ def test_float16_run_resumes_with_its_loss_scale(float16_run):
 def test_mixed_precision_checkpoint_exports_as_float32_with_parity(float16_run, small_ferplus, tmp_path):
     import onnx
 
-    from ferkeras.data import load_split
-    from ferkeras.export import export_onnx
-    from ferkeras.models import load_model_file
+    from ferkeras.data.ferplus import load_split
+    from ferkeras.export.onnx import export_onnx
+    from ferkeras.models.weights import load_model_file
 
     mixed = load_model_file(float16_run / "checkpoints" / "last.keras")
     model = distribute.float32_model(mixed)
@@ -280,8 +280,8 @@ def test_mixed_precision_checkpoint_exports_as_float32_with_parity(float16_run, 
 
 
 def test_jit_compile_is_off_unless_asked(small_ferplus, tmp_path, monkeypatch):
-    import ferkeras.training as training
-    from ferkeras.models import load_model_file
+    import ferkeras.train.run as training
+    from ferkeras.models.weights import load_model_file
 
     assert distribute.compile_options(resolve([])[0]) == {"jit_compile": False}
     monkeypatch.setattr(training, "build_model", plain_model)
@@ -298,11 +298,11 @@ TORCH_RUN = r'''
 import sys
 import numpy as np
 import ferkeras
-from ferkeras import distribute
-from ferkeras.config import resolve
-from ferkeras.data import load_split
+from ferkeras.train import distribute
+from ferkeras.train.config import resolve
+from ferkeras.data.ferplus import load_split
 from ferkeras.errors import UserError
-from ferkeras.training import train
+from ferkeras.train.run import train
 import keras
 assert keras.backend.backend() == "torch"
 try:
@@ -340,8 +340,8 @@ def test_torch_backend_trains_and_tensorflow_reads_its_checkpoint(small_ferplus,
     run_dir = Path(re.search(r"^RUN (.+)$", out.stdout, re.M).group(1))
     assert (run_dir / "checkpoints" / "best_acc.keras").is_file() and (run_dir / "state.json").is_file()
 
-    from ferkeras.data import load_split
-    from ferkeras.models import load_model_file
+    from ferkeras.data.ferplus import load_split
+    from ferkeras.models.weights import load_model_file
 
     model = load_model_file(run_dir / "checkpoints" / "last.keras")  # read here, under TensorFlow
     faces = load_split(small_ferplus, "valid").images[:16].astype("float32")[..., None]

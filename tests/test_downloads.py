@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from ferkeras.downloads import YUNET, file_sha256, model_file_path, search_dirs, weights_cache_dir
+from ferkeras.deploy.downloads import YUNET, file_sha256, model_file_path, search_dirs, weights_cache_dir
 from ferkeras.errors import UserError
 from tests.test_predict import faint_noise, models  # noqa: F401  (a fixture)
 

@@ -12,8 +12,10 @@ import yaml
 
 from ferkeras import CLASSES
 from ferkeras.errors import UserError
-from ferkeras.evaluation import (classification_metrics, compare_runs, evaluate, evaluate_command,
-                                 load_eval_split, mean_kl_divergence, softmax, vote_distribution)
+from ferkeras.evaluate.metrics import classification_metrics, mean_kl_divergence, vote_distribution
+from ferkeras.evaluate.compare import compare_runs
+from ferkeras.evaluate.report import evaluate, evaluate_command, load_eval_split
+from ferkeras.deploy.contract import softmax
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,7 +106,7 @@ def test_flip_tta_averages_a_face_and_its_mirror():
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory, small_ferplus):
     """A run folder as train.py leaves it, holding an (untrained) small VGG13."""
-    from ferkeras.models import build_model
+    from ferkeras.models.registry import build_model
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
     (run / "checkpoints").mkdir(parents=True)
@@ -134,7 +136,7 @@ def test_evaluate_a_run_writes_json_and_confusion_png(run_folder, small_ferplus)
 
 
 def test_evaluate_an_onnx_export(run_folder, small_ferplus, tmp_path):
-    from ferkeras.export import export_onnx
+    from ferkeras.export.onnx import export_onnx
 
     run, model = run_folder
     onnx_path = tmp_path / "model.onnx"

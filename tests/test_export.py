@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from ferkeras import CLASSES
-from ferkeras.contract import INPUT_NAME, OUTPUT_NAME, check_onnx_contract, to_contract_input
+from ferkeras.deploy.contract import INPUT_NAME, OUTPUT_NAME, check_onnx_contract, to_contract_input
 from ferkeras.errors import UserError
-from ferkeras.evaluation import softmax
+from ferkeras.deploy.contract import softmax
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,8 +23,8 @@ def trained_run(tmp_path_factory, small_ferplus):
     """A run folder with a small VGG13 fitted for two steps on real faces (synthetic without ../shared)."""
     import keras
 
-    from ferkeras.data import load_labelled
-    from ferkeras.models import build_model
+    from ferkeras.data.ferplus import load_labelled
+    from ferkeras.models.registry import build_model
 
     faces, targets, _ = load_labelled(small_ferplus, "train", "majority")
     keras.utils.set_random_seed(1)
@@ -45,7 +45,7 @@ def trained_run(tmp_path_factory, small_ferplus):
 
 @pytest.fixture(scope="module")
 def exported(trained_run):
-    from ferkeras.export import export_command
+    from ferkeras.export.onnx import export_command
 
     run, _ = trained_run
     return export_command(run=run, saved_model=True)
@@ -61,7 +61,7 @@ def test_export_round_trips_within_tolerance(trained_run, exported, small_ferplu
     info = check_onnx_contract(run / "model.onnx", expect_names=True)
     assert info["batch"] is None and info["opset"] == 17
     # Any batch size runs, and matches the Keras model on the same pixels.
-    from ferkeras.data import load_split
+    from ferkeras.data.ferplus import load_split
     faces = load_split(small_ferplus, "valid").images[:7]
     x = to_contract_input(faces)
     session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -93,7 +93,7 @@ def test_export_writes_keras_copy_and_saved_model(trained_run, exported):
 
 
 def test_failed_parity_leaves_no_file(trained_run, tmp_path, monkeypatch):
-    import ferkeras.export as export
+    import ferkeras.export.onnx as export
 
     class CorruptSession(export.ContractSession):
         """onnxruntime scores with class 0 pushed up: what a broken conversion would look like."""
@@ -115,7 +115,7 @@ def test_failed_parity_leaves_no_file(trained_run, tmp_path, monkeypatch):
 def test_export_refuses_what_breaks_the_contract(tmp_path):
     import keras
 
-    from ferkeras.export import check_keras_model, convert_to_onnx
+    from ferkeras.export.onnx import check_keras_model, convert_to_onnx
 
     inputs = keras.Input((None, None, 1))
     seven = keras.Model(inputs, keras.layers.Dense(7)(keras.layers.GlobalAveragePooling2D()(inputs)))

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from ferkeras import CLASSES
-from ferkeras.config import resolve
-from ferkeras.data import load_labelled
+from ferkeras.train.config import resolve
+from ferkeras.data.ferplus import load_labelled
 from ferkeras.errors import UserError
-from ferkeras.finetune import load_finetune_data
-from ferkeras.training import train
-from ferkeras.user_faces import load_user_faces, read_user_labels
+from ferkeras.train.finetune import load_finetune_data
+from ferkeras.train.run import train
+from ferkeras.data.user_faces import load_user_faces, read_user_labels
 from tests.helpers import FACE_SIDE, faint_noise
 
 TINY = ["--image_size", "32", "--batch_size", "16", "--class_weights", "none", "--augment", "none",

@@ -13,13 +13,14 @@ import keras
 import numpy as np
 import pytest
 
-from ferkeras.config import resolve
-from ferkeras.data import load_labelled
+from ferkeras.train.config import resolve
+from ferkeras.data.ferplus import load_labelled
 from ferkeras.errors import UserError
-from ferkeras.frozen_cache import (CachedViewBatches, compile_suffix, compute_views, cut_tensors, split_model,
+from ferkeras.train.frozen_cache import (CachedViewBatches, compile_suffix, compute_views, cut_tensors, split_model,
                                    valid_features)
-from ferkeras.models import apply_freeze, build_model
-from ferkeras.training import load_data, train
+from ferkeras.models.freezing import apply_freeze
+from ferkeras.models.registry import build_model
+from ferkeras.train.run import load_data, train
 from tests.helpers import assert_same_run, checkpoint_arrays, run_history
 
 # SGD, not Adam: Adam's first steps divide each gradient by its own tiny second moment, so a

@@ -22,7 +22,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from ferkeras import CLASSES
-from ferkeras.faces import YUNET_MARGIN, YuNetDetector
+from ferkeras.deploy.faces import YUNET_MARGIN, YuNetDetector
 from tests.test_detectors import linear_probabilities
 from tests.test_predict import compose, models  # noqa: F401  (fixtures)
 

@@ -6,7 +6,7 @@ import pytest
 
 from ferkeras import VOTE_COLUMNS
 from ferkeras.errors import UserError
-from ferkeras.labels import MODES, majority_labels, mode_summary, sample_onehot, vote_targets
+from ferkeras.data.labels import MODES, majority_labels, mode_summary, sample_onehot, vote_targets
 
 # Vote columns: neutral happiness surprise sadness anger disgust fear contempt | unknown NF.
 # DROP means the row is dropped (keep False, all-zero target). Each case's arithmetic is written out

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import ferkeras  # noqa: F401  (sets TensorFlow's environment before Keras is imported)
-from ferkeras.backbones import vggface
+from ferkeras.models.backbones import vggface
 from ferkeras.errors import UserError
-from ferkeras.legacy_h5 import keras_layer_name, legacy_layer_name, load_legacy_h5
+from ferkeras.models.legacy_h5 import keras_layer_name, legacy_layer_name, load_legacy_h5
 from tests.helpers import write_keras2_h5
 
 RESNET50_TABLE = Path(__file__).resolve().parents[2] / "shared/reference/vggface2_resnet50_layers.txt"

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from ferkeras.errors import UserError
-from ferkeras.models import (IMAGENET_FILE, MODEL_NAMES, FacePreprocess, apply_freeze, build_model,
-                             count_params, default_image_size, freeze_summary)
+from ferkeras.models.weights import IMAGENET_FILE
+from ferkeras.models.registry import MODEL_NAMES, build_model, default_image_size
+from ferkeras.models.preprocess import FacePreprocess
+from ferkeras.models.freezing import apply_freeze, count_params, freeze_summary
 from tests.helpers import write_keras2_weights_h5
 
 FERPLUS = Path(__file__).resolve().parents[2] / "shared/data/ferplus"
@@ -335,7 +337,7 @@ def test_keras2_resnet50_file_from_the_cache_or_a_path(offline_keras_home, capsy
 
 def test_resnet50_variant_is_read_from_the_weights_file(tmp_path):
     """keras-vggface's ResNet50 (VGGFace2) and keras.applications' differ; the file says which it needs."""
-    from ferkeras.models import _resnet50_variant
+    from ferkeras.models.registry import _resnet50_variant
 
     keras2 = tmp_path / "rcmalli_vggface_tf_notop_resnet50.h5"
     with h5py.File(keras2, "w") as h5:
@@ -353,8 +355,8 @@ def test_resnet50_variant_is_read_from_the_weights_file(tmp_path):
 
 
 def test_a_keras_vggface_file_builds_the_vggface2_resnet50(tmp_path, capsys):
-    from ferkeras.backbones.vggface import build_resnet50
-    from ferkeras.legacy_h5 import legacy_layer_name
+    from ferkeras.models.backbones.vggface import build_resnet50
+    from ferkeras.models.legacy_h5 import legacy_layer_name
 
     inputs = keras.Input((32, 32, 3))
     source = keras.Model(inputs, build_resnet50(inputs))

@@ -15,7 +15,7 @@ def run_python(code):
 @pytest.fixture(scope="module")
 def fernet_checkpoint(tmp_path_factory):
     """A saved FerNetS and a FaceNet-free custom layer set: FacePreprocess is what plain Keras cannot find."""
-    from ferkeras.models import build_model
+    from ferkeras.models.registry import build_model
 
     path = tmp_path_factory.mktemp("checkpoint") / "model.keras"
     build_model("FerNetS", weights="none").save(path)
@@ -31,7 +31,7 @@ def test_keras_load_model_reads_a_checkpoint_once_ferkeras_is_imported(fernet_ch
 
 
 def test_importing_ferkeras_or_its_predictor_loads_neither_keras_nor_tensorflow():
-    done = run_python("import sys, ferkeras, ferkeras.predict, ferkeras.contract, ferkeras.faces\n"
+    done = run_python("import sys, ferkeras, ferkeras.deploy.predict, ferkeras.deploy.contract, ferkeras.deploy.faces\n"
                       "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from ferkeras.config import PUBLISHED_CLASS_WEIGHTS
+from ferkeras.data.batches import PUBLISHED_CLASS_WEIGHTS
 from ferkeras.errors import UserError
-from ferkeras.pipeline import FaceBatches, class_weight_vector
+from ferkeras.data.batches import FaceBatches, class_weight_vector
 
 
 def faces_and_targets(n=50, seed=0):

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from ferkeras.contract import ContractSession, check_onnx_contract, to_contract_input
+from ferkeras.deploy.contract import ContractSession, check_onnx_contract, to_contract_input
 from ferkeras.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def trained_cnn(small_ferplus):
     """A small CNN fitted for a few epochs on real training faces."""
     import keras
 
-    from ferkeras.data import load_labelled
+    from ferkeras.data.ferplus import load_labelled
 
     faces, targets, _ = load_labelled(small_ferplus, "train", "majority")
     keras.utils.set_random_seed(3)
@@ -48,8 +48,8 @@ def trained_cnn(small_ferplus):
 
 @pytest.fixture(scope="module")
 def float_onnx(tmp_path_factory, trained_cnn, small_ferplus):
-    """model.onnx of `trained_cnn`, exported and parity-checked by ferkeras.export."""
-    from ferkeras.export import export_onnx
+    """model.onnx of `trained_cnn`, exported and parity-checked by ferkeras.export.onnx."""
+    from ferkeras.export.onnx import export_onnx
 
     path = tmp_path_factory.mktemp("float") / "model.onnx"
     export_onnx(trained_cnn, path, config={"model_name": "small_cnn"}, source="best_acc.keras",
@@ -59,14 +59,14 @@ def float_onnx(tmp_path_factory, trained_cnn, small_ferplus):
 
 @pytest.fixture(scope="module")
 def quantized(float_onnx, small_ferplus):
-    from ferkeras.quantize import quantize_command
+    from ferkeras.export.int8 import quantize_command
 
     return quantize_command(float_onnx, data_dir=small_ferplus, calibration_faces_count=100)
 
 
 @pytest.fixture(scope="module")
 def valid_input(small_ferplus):
-    from ferkeras.evaluation import load_eval_split
+    from ferkeras.evaluate.report import load_eval_split
 
     faces, labels, _ = load_eval_split(small_ferplus, "valid")
     return to_contract_input(faces), labels
@@ -122,8 +122,8 @@ def test_report_json_has_both_rows(float_onnx, quantized):
 
 
 def test_calibration_faces_come_from_train_seeded(small_ferplus):
-    from ferkeras.data import load_split
-    from ferkeras.quantize import calibration_faces
+    from ferkeras.data.ferplus import load_split
+    from ferkeras.export.int8 import calibration_faces
 
     picked = calibration_faces(small_ferplus, 50)
     assert picked.shape == (50, 48, 48) and picked.dtype == np.uint8
@@ -137,7 +137,7 @@ def test_calibration_faces_come_from_train_seeded(small_ferplus):
 
 
 def test_collapsed_calibration_is_refused_and_writes_nothing(float_onnx, valid_input, tmp_path):
-    from ferkeras.quantize import quantize_int8
+    from ferkeras.export.int8 import quantize_int8
 
     # Black calibration faces give every activation a near-zero range, so real faces saturate.
     out = tmp_path / "refused" / "model.int8.onnx"
@@ -149,7 +149,7 @@ def test_collapsed_calibration_is_refused_and_writes_nothing(float_onnx, valid_i
 
 
 def test_percentile_per_channel_calibration(float_onnx, small_ferplus, valid_input, tmp_path):
-    from ferkeras.quantize import calibration_batch_size, calibration_faces, quantize_int8
+    from ferkeras.export.int8 import calibration_batch_size, calibration_faces, quantize_int8
 
     # The histogram calibrators need equal batches: 60 faces go in two calls of 30.
     assert [calibration_batch_size(n) for n in (500, 60, 97)] == [50, 30, 1]

@@ -7,15 +7,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ferkeras.augment import build_augmenter
-from ferkeras.config import resolve
+from ferkeras.data.augment import build_augmenter
+from ferkeras.train.config import resolve
 from ferkeras.errors import UserError
-from ferkeras.evaluation import (EnsemblePredictor, KerasPredictor, crop_boxes, evaluate_command,
-                                 predict_probabilities, softmax, tta_views)
-from ferkeras.losses import loss_for_mode
-from ferkeras.models import build_model, load_model_file
-from ferkeras.pipeline import mix_batch
-from ferkeras.training import scheduled_lr, train
+from ferkeras.evaluate.ensemble import EnsemblePredictor
+from ferkeras.models.predictor import KerasPredictor
+from ferkeras.evaluate.tta import crop_boxes, predict_probabilities, tta_views
+from ferkeras.evaluate.report import evaluate_command
+from ferkeras.deploy.contract import softmax
+from ferkeras.models.losses import loss_for_mode
+from ferkeras.models.registry import build_model
+from ferkeras.models.weights import load_model_file
+from ferkeras.data.batches import mix_batch
+from ferkeras.train.run import scheduled_lr, train
 
 # FerNetS learns a few hundred faces in seconds per epoch on 2 cores.
 FAST = ["--model_name", "FerNetS", "--weights", "none", "--batch_size", "32", "--class_weights", "none",
@@ -113,7 +117,7 @@ def test_ema_weights_are_validated_checkpointed_and_resumed_exactly(small_ferplu
     # The checkpoint's model weights are the average: they reproduce the logged validation accuracy,
     # and they are not the raw weights the optimizer keeps beside them.
     model = load_model_file(tmp_path / "straight" / "checkpoints" / "last.keras", compile=True)
-    from ferkeras.training import load_data
+    from ferkeras.train.run import load_data
     config, _ = resolve(["--data_dir", str(small_ferplus), *FAST])
     _, (valid_x, valid_t) = load_data(config)
     logits = model.predict(valid_x.astype(np.float32)[..., None], verbose=0)
@@ -150,7 +154,7 @@ def test_distillation_blends_the_teachers_probabilities_and_reuses_them_on_resum
     np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-5)
 
     # View 0 is the faces themselves: the stored probabilities are the teachers' mean softmax(scores / T).
-    from ferkeras.training import load_data
+    from ferkeras.train.run import load_data
     config, _ = resolve(["--data_dir", str(small_ferplus), *FAST])
     (train_x, _), _ = load_data(config)
     teacher_logits = [KerasPredictor(load_model_file(two_runs / r / "checkpoints" / "best_acc.keras")).logits(train_x)
@@ -191,7 +195,7 @@ def test_ensemble_evaluation_averages_the_members_probabilities(small_ferplus, t
     assert saved["metrics"]["accuracy"] == report["metrics"]["accuracy"]
 
     # The same average, computed here from the members themselves.
-    from ferkeras.evaluation import load_eval_split
+    from ferkeras.evaluate.report import load_eval_split
     faces, labels, _ = load_eval_split(str(small_ferplus), "valid")
     members = [KerasPredictor(load_model_file(p)) for p in report["members"]]
     mean = np.mean([predict_probabilities(m, faces, "flip")[1] for m in members], axis=0)
@@ -202,9 +206,9 @@ def test_ensemble_evaluation_averages_the_members_probabilities(small_ferplus, t
 
 
 def test_exported_ensemble_with_tta_is_one_contract_file_that_matches_keras(two_runs, small_ferplus, tmp_path):
-    from ferkeras.contract import check_onnx_contract
-    from ferkeras.ensemble import averaged_model
-    from ferkeras.export import export_onnx
+    from ferkeras.deploy.contract import check_onnx_contract
+    from ferkeras.export.ensemble import averaged_model
+    from ferkeras.export.onnx import export_onnx
 
     members = [load_model_file(two_runs / r / "checkpoints" / "best_acc.keras") for r in ("one", "two")]
     combined = averaged_model(members, "crops")
@@ -218,7 +222,7 @@ def test_exported_ensemble_with_tta_is_one_contract_file_that_matches_keras(two_
 def test_the_documented_flag_table_is_the_option_table():
     from pathlib import Path
 
-    from ferkeras.config import options_markdown
+    from ferkeras.train.config import options_markdown
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
-    assert options_markdown() in docs, "regenerate the table in docs/training.md with ferkeras.config.options_markdown()"
+    assert options_markdown() in docs, "regenerate the table in docs/training.md with ferkeras.train.config.options_markdown()"

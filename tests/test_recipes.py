@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ferkeras.backbones import vggface
-from ferkeras.config import resolve
-from ferkeras.legacy_h5 import legacy_layer_name
-from ferkeras.training import train
+from ferkeras.models.backbones import vggface
+from ferkeras.train.config import resolve
+from ferkeras.models.legacy_h5 import legacy_layer_name
+from ferkeras.train.run import train
 from tests.helpers import write_keras2_h5, write_keras2_weights_h5
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -13,11 +13,11 @@ import pytest
 from onnx import TensorProto
 
 from ferkeras import CLASSES
-from ferkeras.contract import (INPUT_NAME, OUTPUT_NAME, ContractSession, check_onnx_contract,
+from ferkeras.deploy.contract import (INPUT_NAME, OUTPUT_NAME, ContractSession, check_onnx_contract,
                                to_contract_input)
 from ferkeras.errors import UserError
-from ferkeras.evaluation import classification_metrics
-from ferkeras.reference import check_reference, disagreement_matrix, identify_reference
+from ferkeras.evaluate.metrics import classification_metrics
+from ferkeras.export.reference import check_reference, disagreement_matrix, identify_reference
 from tests.helpers import PIXELS, linear_onnx, linear_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def linear_logits(contract_input, weight, bias):
 @pytest.fixture(scope="module")
 def faces(small_ferplus):
     """Majority-labelled validation faces of the small FER+ copy (real faces when ../shared has them)."""
-    from ferkeras.evaluation import load_eval_split
+    from ferkeras.evaluate.report import load_eval_split
 
     images, labels, votes = load_eval_split(small_ferplus, "valid")
     return images[:40], labels[:40], votes[:40]

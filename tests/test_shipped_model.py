@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ferkeras import CLASSES
-from ferkeras.contract import check_onnx_contract, load_onnx
+from ferkeras.deploy.contract import check_onnx_contract, load_onnx
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 SHIPPED = MODELS / "ferplus-small.onnx"
@@ -38,7 +38,8 @@ def test_shipped_model_scores_valid_faces_as_its_card_says(path, ferplus_dir):
 
     if ferplus_dir != REAL_FERPLUS:
         pytest.skip("the card's accuracy is on real FER+ validation faces (../shared/data/ferplus is absent)")
-    from ferkeras.evaluation import OnnxPredictor, load_eval_split
+    from ferkeras.deploy.contract import OnnxPredictor
+    from ferkeras.evaluate.report import load_eval_split
 
     faces, labels, _ = load_eval_split(str(ferplus_dir), "valid")
     predicted = OnnxPredictor(path).logits(faces[:SUBSET]).argmax(axis=1)

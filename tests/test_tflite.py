@@ -12,12 +12,12 @@ import pytest
 import yaml
 
 from ferkeras import CLASSES
-from ferkeras.contract import INPUT_NAME, OUTPUT_NAME
+from ferkeras.deploy.contract import INPUT_NAME, OUTPUT_NAME
 from ferkeras.errors import UserError
-from ferkeras.evaluation import softmax
-from ferkeras.export import MAX_SOFTMAX_DIFF
-from ferkeras.quantize import MIN_AGREEMENT
-from ferkeras.tflite import TfliteSession, check_tflite_contract, make_interpreter, sidecar_path, to_tflite_input
+from ferkeras.deploy.contract import softmax
+from ferkeras.export.onnx import MAX_SOFTMAX_DIFF
+from ferkeras.export.int8 import MIN_AGREEMENT
+from ferkeras.deploy.tflite import TfliteSession, check_tflite_contract, make_interpreter, sidecar_path, to_tflite_input
 
 REPO = Path(__file__).resolve().parents[1]
 CALIBRATION = 60
@@ -28,8 +28,8 @@ def trained_run(tmp_path_factory, small_ferplus):
     """A run folder with FerNetS at 16x16 fitted for a few epochs on real training faces."""
     import keras
 
-    from ferkeras.data import load_labelled
-    from ferkeras.models import build_model
+    from ferkeras.data.ferplus import load_labelled
+    from ferkeras.models.registry import build_model
 
     faces, targets, _ = load_labelled(small_ferplus, "train", "majority")
     keras.utils.set_random_seed(5)
@@ -51,7 +51,7 @@ def trained_run(tmp_path_factory, small_ferplus):
 
 @pytest.fixture(scope="module")
 def exported(trained_run):
-    from ferkeras.tflite_export import export_tflite_command
+    from ferkeras.export.tflite import export_tflite_command
 
     run, _ = trained_run
     return export_tflite_command(run=run, quantize="int8", calibration_faces_count=CALIBRATION)
@@ -59,7 +59,7 @@ def exported(trained_run):
 
 @pytest.fixture(scope="module")
 def valid_faces(small_ferplus):
-    from ferkeras.data import load_split
+    from ferkeras.data.ferplus import load_split
 
     return load_split(small_ferplus, "valid").images
 
@@ -147,7 +147,7 @@ def test_sidecars_say_nhwc_and_carry_the_config(trained_run, exported):
 
 
 def test_evaluate_cli_scores_the_tflite_file(trained_run, exported, small_ferplus, tmp_path):
-    from ferkeras.evaluation import load_eval_split
+    from ferkeras.evaluate.report import load_eval_split
 
     run, _ = trained_run
     done = subprocess.run([sys.executable, "evaluate.py", "--model", str(run / "model.int8.tflite"),
@@ -164,7 +164,7 @@ def test_evaluate_cli_scores_the_tflite_file(trained_run, exported, small_ferplu
 
 
 def test_failed_parity_leaves_no_file(trained_run, exported, valid_faces, tmp_path, monkeypatch):
-    import ferkeras.tflite_export as tflite_export
+    import ferkeras.export.tflite as tflite_export
 
     run, model = trained_run
     # A converter that went wrong: it hands back the int8 file when float was asked for.

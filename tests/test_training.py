@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ferkeras.config import resolve
+from ferkeras.train.config import resolve
 from ferkeras.errors import UserError
-from ferkeras.losses import MultiTargetLoss
-from ferkeras.training import scheduled_lr, train
+from ferkeras.models.losses import MultiTargetLoss
+from ferkeras.train.run import scheduled_lr, train
 from tests.helpers import assert_same_run
 
 TINY = ["--model_name", "FerNetS", "--weights", "none", "--batch_size", "32",
@@ -32,7 +32,7 @@ def run_config(small_ferplus, tmp_path, *flags):
 
 
 def majority_rate(small_ferplus):
-    from ferkeras.data import load_labelled
+    from ferkeras.data.ferplus import load_labelled
     _, targets, _ = load_labelled(small_ferplus, "train", "majority")
     return np.bincount(targets.argmax(1), minlength=8).max() / len(targets)
 

@@ -45,10 +45,10 @@ def main(argv=None):
     if args.batch_size < 1:
         raise UserError(f"--batch_size: expected a positive number, got {args.batch_size}")
     if args.compare:
-        from ferkeras.evaluation import compare_runs
+        from ferkeras.evaluate.compare import compare_runs
         compare_runs(args.compare, args.out or "compare.png")
         return
-    from ferkeras.evaluation import evaluate_command  # TensorFlow loads here, after flag errors
+    from ferkeras.evaluate.report import evaluate_command  # TensorFlow loads here, after flag errors
     evaluate_command(run=args.run, model=args.model, checkpoint=args.checkpoint, data_dir=args.data_dir,
                      split=args.split, batch_size=args.batch_size, tta=args.tta, out=args.out)
 

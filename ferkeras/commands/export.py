@@ -18,10 +18,10 @@ import argparse
 from pathlib import Path
 
 import ferkeras  # sets TensorFlow's environment before it is imported
-from ferkeras.contract import INPUT_NAME, OUTPUT_NAME
+from ferkeras.deploy.contract import INPUT_NAME, OUTPUT_NAME
 from ferkeras.errors import UserError
-from ferkeras.export import DEFAULT_OPSET, MAX_OPSET, export_command  # TensorFlow loads only when converting
-from ferkeras.quantize import (CALIBRATION_METHODS, DEFAULT_CALIBRATION_FACES, DEFAULT_METHOD, MIN_AGREEMENT,
+from ferkeras.export.onnx import DEFAULT_OPSET, MAX_OPSET, export_command  # TensorFlow loads only when converting
+from ferkeras.export.int8 import (CALIBRATION_METHODS, DEFAULT_CALIBRATION_FACES, DEFAULT_METHOD, MIN_AGREEMENT,
                                check_calibration_options, check_quantize_choice)
 
 FORMATS = ("onnx", "tflite")
@@ -108,7 +108,7 @@ def check_tflite_flags(args):
 
 
 def export_tflite(args):
-    from ferkeras.tflite_export import check_tflite_out, export_tflite_command
+    from ferkeras.export.tflite import check_tflite_out, export_tflite_command
 
     check_tflite_flags(args)
     if args.out:
@@ -135,15 +135,15 @@ def main(argv=None):
     if not (args.run or args.model or args.check_reference):
         raise UserError("nothing to do: give --run runs/<name> or --model FILE.keras to export, and/or "
                         "--check_reference emotion-ferplus-8.onnx")
-    from ferkeras.evaluation import run_config
-    from ferkeras.reference import check_reference
+    from ferkeras.train.run_folder import run_config
+    from ferkeras.export.reference import check_reference
 
     if len(runs) > 1 or args.tta != "none":
         if args.quantize is not None or args.check_reference or args.saved_model:
             raise UserError("--quantize, --check_reference and --saved_model work on one model; export the ensemble "
                             "or TTA graph first, then pass its .onnx to --model")
         ferkeras.import_keras_quietly()
-        from ferkeras.ensemble import export_ensemble_command
+        from ferkeras.export.ensemble import export_ensemble_command
         export_ensemble_command(runs, [args.model] if args.model else [], args.checkpoint, args.tta, args.out,
                                 opset=args.opset, input_name=args.input_name, output_name=args.output_name,
                                 data_dir=args.data_dir)
@@ -161,7 +161,7 @@ def main(argv=None):
                               opset=args.opset, input_name=args.input_name, output_name=args.output_name,
                               data_dir=data_dir, saved_model=args.saved_model)["onnx"]
     if args.quantize is not None:
-        from ferkeras.quantize import quantize_command
+        from ferkeras.export.int8 import quantize_command
 
         quantize_command(ours, out=args.out if onnx_model else None, data_dir=data_dir,
                          calibration_faces_count=args.calibration_faces, method=args.calibration_method,

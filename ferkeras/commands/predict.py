@@ -31,8 +31,8 @@ wrong command line or model file (reported before any work). Uses numpy, onnxrun
 import argparse
 from pathlib import Path
 
-from ferkeras.faces import HAAR_MARGIN, YUNET_MARGIN
-from ferkeras.predict import (DEFAULT_DETECTOR, DEFAULT_NMS_THRESHOLD, DEFAULT_SCORE_THRESHOLD, DETECTORS, FORMATS,
+from ferkeras.deploy.faces import HAAR_MARGIN, YUNET_MARGIN
+from ferkeras.deploy.predict import (DEFAULT_DETECTOR, DEFAULT_NMS_THRESHOLD, DEFAULT_SCORE_THRESHOLD, DETECTORS, FORMATS,
                               SHIPPED_MODEL)
 
 # Flags that only one detector reads, and the value each takes when not given.
@@ -108,7 +108,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if bool(args.inputs) == bool(args.video):
         parser.error("give image files / folders, or --video FILE (one of the two)")
-    from ferkeras.predict import predict_command, predict_video
+    from ferkeras.deploy.predict import predict_command, predict_video
 
     options = dict(model=args.model, out=args.out, fmt=args.format, batch_size=args.batch_size,
                    min_face=args.min_face, margin=args.margin, no_detect=args.no_detect,

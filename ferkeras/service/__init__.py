@@ -6,12 +6,12 @@
 - `images`: upload checks (format and pixel count from the header) before decoding.
 - `web`: the files of the page, which runs YuNet and the expression model with onnxruntime-web.
 
-Like ferkeras.predict, nothing here imports TensorFlow or Keras.
+Like ferkeras.deploy.predict, nothing here imports TensorFlow or Keras.
 """
 
 
 def main(argv=None):
     """`ferkeras serve ...`; raises ferkeras.errors.UserError for a wrong command line or model."""
-    from .cli import main as serve_main
+    from ferkeras.service.cli import main as serve_main
 
     return serve_main(argv)

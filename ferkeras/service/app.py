@@ -1,4 +1,4 @@
-"""The HTTP service: FastAPI routes over ferkeras.predict's TensorFlow-free pipeline.
+"""The HTTP service: FastAPI routes over ferkeras.deploy.predict's TensorFlow-free pipeline.
 
     POST /v1/predict        one image: multipart field `file`, or the raw body (Content-Type image/...)
     POST /v1/predict/batch  several images: multipart fields `files`
@@ -6,9 +6,9 @@
     GET  /                  the page that runs the models in the browser (see web.py)
 
 A request goes: bytes -> `images.decode_upload` (size checked from the header first) -> gray ->
-faces found and cropped (`ferkeras.predict.find_faces`) in a thread pool, so that decoding and
+faces found and cropped (`ferkeras.deploy.predict.find_faces`) in a thread pool, so that decoding and
 detection of concurrent requests use all cores -> crops scored by the `MicroBatcher` together with
-other requests' crops -> one row per face, as predict.py writes them (`ferkeras.predict.face_row`).
+other requests' crops -> one row per face, as predict.py writes them (`ferkeras.deploy.predict.face_row`).
 
 Every mistake in a request is answered with a 4xx and {"error": "<one line>"}: 400 malformed
 (empty body, missing field), 413 over a limit (bytes, pixels, files), 415 wrong content type, 422
@@ -27,14 +27,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from .. import CLASSES
-from ..contract import INPUT_SIZE
-from ..errors import UserError
-from ..faces import to_gray
-from ..predict import DEFAULT_MARGIN, EmotionPredictor, face_row, find_faces, make_detector
-from . import web
-from .batching import MicroBatcher
-from .images import ImageRejected, decode_upload
+from ferkeras import CLASSES
+from ferkeras.deploy.contract import INPUT_SIZE
+from ferkeras.errors import UserError
+from ferkeras.deploy.faces import to_gray
+from ferkeras.deploy.predict import DEFAULT_MARGIN, EmotionPredictor, face_row, find_faces, make_detector
+from ferkeras.service import web
+from ferkeras.service.batching import MicroBatcher
+from ferkeras.service.images import ImageRejected, decode_upload
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
 API_ROUTES = ("/v1/predict", "/v1/predict/batch")
@@ -44,7 +44,7 @@ FORM_OVERHEAD = 64 * 1024  # multipart boundaries and part headers on top of the
 @dataclass
 class Settings:
     model: Path
-    # Keyword arguments of ferkeras.predict.make_detector, passed through unchanged.
+    # Keyword arguments of ferkeras.deploy.predict.make_detector, passed through unchanged.
     detector_options: dict = field(default_factory=lambda: dict(min_face=48, min_neighbors=5, detect_side=1280,
                                                                 threads=1))
     margin: float = DEFAULT_MARGIN

@@ -19,9 +19,9 @@ import os
 import socket
 from pathlib import Path
 
-from ..errors import UserError
-from ..faces import FERPLUS_MARGIN, YUNET_MARGIN
-from ..predict import (DEFAULT_DETECTOR, DEFAULT_NMS_THRESHOLD, DEFAULT_SCORE_THRESHOLD,
+from ferkeras.errors import UserError
+from ferkeras.deploy.faces import FERPLUS_MARGIN, YUNET_MARGIN
+from ferkeras.deploy.predict import (DEFAULT_DETECTOR, DEFAULT_NMS_THRESHOLD, DEFAULT_SCORE_THRESHOLD,
                        DETECTORS)
 
 DEFAULT_MODEL = Path("models/ferplus-small.onnx")
@@ -80,7 +80,7 @@ def build_parser():
 
 
 def settings_from(args):
-    from .app import Settings
+    from ferkeras.service.app import Settings
 
     for name in ("max_bytes", "max_pixels", "max_files", "batch_faces"):
         if getattr(args, name) < 1:
@@ -100,7 +100,7 @@ def settings_from(args):
     detector_model = args.detector_model
     if args.detector == "yunet":
         # The API's detector and the page's are the same file: given, cached, or fetched once.
-        from ..downloads import YUNET, model_file_path
+        from ferkeras.deploy.downloads import YUNET, model_file_path
 
         detector_model = model_file_path(YUNET, detector_model)
     elif detector_model is None and DEFAULT_DETECTOR_MODEL.is_file():
@@ -121,7 +121,7 @@ def settings_from(args):
 
 def check_yunet(path):
     """A one-line error unless `path` is a YuNet ONNX file: the page decodes its 12 outputs by name."""
-    from ..contract import load_onnx
+    from ferkeras.deploy.contract import load_onnx
 
     outputs = {value.name for value in load_onnx(path).graph.output}
     if outputs != YUNET_OUTPUTS:
@@ -147,7 +147,7 @@ def listening_socket(host, port):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     settings = settings_from(args)
-    from . import web
+    from ferkeras.service import web
 
     if args.write_site:
         count = web.write_site(args.write_site, web.site_files(settings.model, settings.detector_model),
@@ -156,7 +156,7 @@ def main(argv=None):
         return 0
     import uvicorn
 
-    from .app import create_app
+    from ferkeras.service.app import create_app
 
     app = create_app(settings)
     sock = listening_socket(args.host, args.port)

@@ -7,8 +7,8 @@ service accepts, JPEG, PNG, WebP and BMP; anything else is refused as an unsuppo
 """
 import struct
 
-from ..errors import UserError
-from ..faces import decode_image_bytes
+from ferkeras.errors import UserError
+from ferkeras.deploy.faces import decode_image_bytes
 
 FORMAT_LIST = "JPEG, PNG, WebP or BMP"
 # JPEG start-of-frame markers (they carry the size); C4, C8 and CC are other segments of that range.
@@ -76,7 +76,7 @@ def _webp_size(data):
 
 
 def decode_upload(data, name, max_pixels):
-    """Pixels of an uploaded image as `ferkeras.faces.decode_image` gives them, or `ImageRejected`:
+    """Pixels of an uploaded image as `ferkeras.deploy.faces.decode_image` gives them, or `ImageRejected`:
     400 empty, 422 not an image of a supported format or undecodable, 413 too many pixels."""
     if not data:
         raise ImageRejected(400, f"{name}: empty upload; send the bytes of a {FORMAT_LIST} image")

@@ -8,9 +8,9 @@ import json
 import shutil
 from pathlib import Path
 
-from .. import CLASSES
-from ..errors import UserError
-from ..predict import CLASS_COLOURS
+from ferkeras import CLASSES
+from ferkeras.errors import UserError
+from ferkeras.deploy.predict import CLASS_COLOURS
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 PAGE_FILES = ("index.html", "app.js", "vision.mjs", "style.css")

@@ -1,6 +1,6 @@
 """Fixtures of the service tests: models, a composed picture of real FER+ faces, live servers.
 
-- `fernet_onnx`: an untrained FerNetS (0.83 M parameters) exported with ferkeras.export, once per
+- `fernet_onnx`: an untrained FerNetS (0.83 M parameters) exported with ferkeras.export.onnx, once per
   session: the kind of model the service ships, all of its operators run by onnxruntime and
   onnxruntime-web. Untrained, it gives every face about the same label.
 - `linear_onnx`: tests/test_predict.py's linear stand-in, whose labels differ from face to face and
@@ -45,8 +45,8 @@ def pytest_terminal_summary(terminalreporter):
 def fernet_onnx(tmp_path_factory):
     import keras
 
-    from ferkeras.export import export_onnx
-    from ferkeras.models import build_model
+    from ferkeras.export.onnx import export_onnx
+    from ferkeras.models.registry import build_model
 
     keras.utils.set_random_seed(0)
     path = tmp_path_factory.mktemp("fernet") / "fernet_small.onnx"

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from ferkeras import CLASSES
-from ferkeras.predict import predict_command
+from ferkeras.deploy.predict import predict_command
 from ferkeras.service.images import image_size
 from tests.service.conftest import REPO
 from tests.test_predict import compose

@@ -2,7 +2,7 @@
 loading the page from a live serve.py on 127.0.0.1.
 
 The page finds faces with YuNet and scores them with the contract model in onnxruntime-web; the
-Python side runs the same steps with cv2.FaceDetectorYN, ferkeras.faces.crop_face and the
+Python side runs the same steps with cv2.FaceDetectorYN, ferkeras.deploy.faces.crop_face and the
 onnxruntime predictor on the same picture. Boxes and labels must be the same, probabilities equal
 up to the two engines' float32 evaluation order. Screenshots are kept (paths printed at the end).
 """
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from ferkeras import CLASSES
-from ferkeras.faces import YUNET_MARGIN, crop_face, read_image, reading_order
-from ferkeras.predict import EmotionPredictor, box_iou
+from ferkeras.deploy.faces import YUNET_MARGIN, crop_face, read_image, reading_order
+from ferkeras.deploy.predict import EmotionPredictor, box_iou
 from tests.service.conftest import SCREENSHOTS, need_tool, yunet_faces
 
 TIMEOUT_MS = 180_000  # loading onnxruntime-web and two models on two busy cores

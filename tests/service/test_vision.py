@@ -1,9 +1,9 @@
 """The page's pixel work (ferkeras/service/web/vision.mjs) under Node, against OpenCV and ferkeras.
 
 The page must score the very crops the Python pipeline scores, so gray conversion and crops are
-compared level for level with cv2.cvtColor and ferkeras.faces.crop_face (integer arithmetic on both
+compared level for level with cv2.cvtColor and ferkeras.deploy.faces.crop_face (integer arithmetic on both
 sides: exact), YuNet's decoding with cv2.FaceDetectorYN on the same picture, and reading order with
-ferkeras.faces.reading_order.
+ferkeras.deploy.faces.reading_order.
 """
 import json
 import subprocess
@@ -13,8 +13,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from ferkeras.faces import crop_face, reading_order
-from ferkeras.predict import softmax
+from ferkeras.deploy.faces import crop_face, reading_order
+from ferkeras.deploy.contract import softmax
 from tests.service.conftest import REPO, YUNET_SETTINGS, need_tool, yunet_faces
 
 HARNESS = REPO / "tests" / "service" / "vision_harness.mjs"

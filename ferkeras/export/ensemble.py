@@ -1,0 +1,97 @@
+"""Ensembles and test-time augmentation as one Keras model, so that export.py writes them as one ONNX file.
+
+    faces (N, 64, 64, 1) -> views (the faces; with TTA their mirror, then five 90% crops)
+                         -> every member on every view -> softmax -> mean -> log
+
+The output is the log of the averaged probabilities: the contract's "scores", whose softmax (what
+predict.py and every other reader does) is the average itself. The views are the ones
+`ferkeras.evaluate.report.tta_views` makes for `evaluate.py --tta`, on the contract's 64x64 input; each
+member resizes them to its own side in its preprocessing layer, as it does any face.
+"""
+import keras
+from keras import ops
+
+from ferkeras import NUM_CLASSES
+from ferkeras.deploy.contract import INPUT_SIZE
+from ferkeras.errors import UserError
+from ferkeras.evaluate.tta import TTA_CHOICES, crop_boxes
+
+
+@keras.saving.register_keras_serializable(package="ferkeras")
+class LogOfMean(keras.layers.Layer):
+    """log(mean of the inputs), floored so that a zero probability stays finite."""
+
+    def call(self, probabilities):
+        return ops.log(ops.maximum(ops.mean(ops.stack(probabilities, axis=0), axis=0), 1e-12))
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+
+def tta_view_tensors(faces, tta):
+    """The TTA views of a (N, 64, 64, 1) KerasTensor, as `evaluation.tta_views` makes them in numpy."""
+    if tta not in TTA_CHOICES:
+        raise UserError(f"--tta: expected one of {', '.join(TTA_CHOICES)}, got {tta!r}")
+    views = [faces]
+    if tta != "none":
+        views.append(ops.flip(faces, axis=2))
+    if tta == "crops":
+        views += [faces[:, top:top + side, left:left + side, :]
+                  for top, left, side in crop_boxes(INPUT_SIZE, INPUT_SIZE)]
+    return views
+
+
+def averaged_model(members, tta="none"):
+    """One Keras model averaging the probabilities of `members` (ferkeras models) over the TTA views."""
+    if not members:
+        raise UserError("an ensemble needs at least one model")
+    faces = keras.Input((INPUT_SIZE, INPUT_SIZE, 1), dtype="float32", name="faces")
+    probabilities = []
+    for index, member in enumerate(members):
+        if member.output_shape[-1] != NUM_CLASSES:
+            raise UserError(f"member {index + 1} ({member.name}) scores {member.output_shape[-1]} classes, "
+                            f"expected {NUM_CLASSES}")
+        # A fresh Functional over the member's own layers, so that members of one architecture (same
+        # model name) can sit side by side in one graph.
+        renamed = keras.Model(member.inputs[0], member.outputs[0], name=f"member{index + 1}_{member.name}")
+        for view in tta_view_tensors(faces, tta):
+            logits = renamed(view, training=False)
+            probabilities.append(keras.layers.Activation("softmax", dtype="float32")(logits))
+    if len(probabilities) == 1:
+        return members[0]
+    scores = LogOfMean(name="log_mean_probabilities", dtype="float32")(probabilities)
+    return keras.Model(faces, scores, name=f"ferkeras_ensemble_{len(members)}x{len(probabilities) // len(members)}")
+
+
+def export_ensemble_command(runs=(), models=(), checkpoint="best_acc", tta="none", out=None, **export_options):
+    """What `export.py --run a --run b ... [--tta crops]` does: one verified ONNX file averaging them."""
+    from pathlib import Path
+
+    from ferkeras.evaluate.ensemble import ensemble_members
+
+    from ferkeras.train.run_folder import run_config
+    from ferkeras.export.onnx import export_onnx
+    from ferkeras.models.weights import load_model_file
+
+    paths = ensemble_members(runs, models, checkpoint)
+    if any(p.suffix.lower() != ".keras" for p in paths):
+        raise UserError("an ensemble or TTA export needs .keras models (give --run runs/<name> or --model "
+                        "FILE.keras for each member)")
+    if out is None:
+        out = Path("ensemble.onnx") if len(paths) > 1 else paths[0].parent.parent / f"model.tta-{tta}.onnx"
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise UserError(f"--out {out}: expected a file name ending in .onnx")
+    data_dir = export_options.pop("data_dir", None) or next(
+        (run_config(r).get("data_dir") for r in runs if run_config(r).get("data_dir")), None)
+    combined = averaged_model([load_model_file(p) for p in paths], tta)
+    config = {"name": f"average of {len(paths)} model(s), TTA {tta}", "members": [str(p) for p in paths],
+              "tta": tta}
+    report = export_onnx(combined, out, config, source=paths[0], data_dir=data_dir, **export_options)
+    print(f"wrote {out} ({report['size_bytes'] / 1e6:.1f} MB, {report['parameters']:,} parameters): "
+          f"{len(paths)} member(s) x {len(tta_view_tensors(keras.Input((INPUT_SIZE, INPUT_SIZE, 1)), tta))} "
+          f"view(s), probabilities averaged")
+    parity = report["parity"]
+    print(f"parity on {parity['source']}: max softmax difference {parity['max_softmax_diff']:.2e}, "
+          f"top-1 agreement {parity['top1_agreement']:.2%}")
+    return report

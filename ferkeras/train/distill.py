@@ -1,0 +1,137 @@
+"""`--teacher`: knowledge distillation from one or more trained models (Hinton et al. 2015).
+
+Fine-tune big, deploy small: a teacher (any ferkeras run, or a .keras / .onnx file with the FER+
+contract) scores every training face once, before training, and the student learns from a blend of
+its label-mode target and the teachers' softened probabilities:
+
+    target = (1 - distill_alpha) x label-mode target + distill_alpha x mean over teachers of softmax(scores / T)
+
+Teachers are only run once: each training face gets `distill_views` fixed views (the face, its mirror,
+then random draws of the --augment recipe, all seeded), the teachers score every view, and each epoch
+the student sees one view per face, drawn at random, with that view's teacher probabilities. So
+distillation costs one teacher pass over views x faces, then trains as fast as plain training. The
+teachers' probabilities are kept in the run folder (`distill/teacher_probs.npy`), so --resume does not
+score them again.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ferkeras.data.augment import build_augmenter
+from ferkeras.errors import UserError, write_text_atomic
+from ferkeras.models.predictor import load_predictor
+from ferkeras.train.run_folder import model_file
+from ferkeras.deploy.contract import softmax
+from ferkeras.train.frozen_cache import view_of
+from ferkeras.data.batches import FaceBatches
+
+TEACHER_BATCH = 256
+VIEW_SALT = 4099  # keeps the views' random crops apart from the frozen cache's and the epochs' draws
+
+
+def teacher_files(teachers):
+    """Each --teacher as a model file: a run folder's best_acc.keras, or the file itself."""
+    files = []
+    for teacher in teachers:
+        path = Path(teacher)
+        files.append(model_file(run=path) if path.is_dir() else model_file(model=path))
+    return files
+
+
+def check_distillation(config):
+    """Before anything loads: the teachers exist and the blend is a proper one."""
+    if not config.get("teacher"):
+        return
+    teacher_files(config["teacher"])
+    if not 0.0 < config["distill_alpha"] <= 1.0:
+        raise UserError(f"--distill_alpha must be in (0, 1] with --teacher, got {config['distill_alpha']}")
+    if not config["distill_temperature"] > 0:
+        raise UserError(f"--distill_temperature must be > 0, got {config['distill_temperature']}")
+    if config["distill_views"] < 1:
+        raise UserError(f"--distill_views must be >= 1, got {config['distill_views']}")
+    if config["training_mode"] == "multi_target":
+        raise UserError("--teacher: multi_target targets are a set of accepted classes, not a distribution to "
+                        "blend with; use --training_mode crossentropy / probability / majority")
+
+
+def training_views(images, views, recipe, seed):
+    """(views, N, 48, 48) uint8: view 0 the faces, 1 their mirror, 2.. seeded draws of `recipe`."""
+    augment = build_augmenter(recipe if recipe != "none" else "crop_flip")
+    return np.stack([view_of(images, view, [seed, VIEW_SALT, view], augment) for view in range(views)])
+
+
+def teacher_probabilities(files, views, temperature):
+    """(views, N, 8) float32: the teachers' softened probabilities of every view, averaged over teachers."""
+    total = np.zeros(views.shape[:2] + (8,), np.float64)
+    for path in files:
+        predictor = load_predictor(path, batch_size=TEACHER_BATCH)
+        for view in tqdm(range(len(views)), desc=f"teacher {path}", unit="view"):
+            logits = predictor.logits(views[view])
+            if not np.isfinite(logits).all():
+                raise UserError(f"--teacher {path}: the model returned non-finite scores; retrain or export it "
+                                "again, or drop it from --teacher")
+            total[view] += softmax(logits / temperature)
+    return (total / len(files)).astype(np.float32)
+
+
+def cached_teacher_probabilities(config, views, run_dir):
+    """The teachers' probabilities, read from the run folder when an earlier start of this run made them."""
+    folder = Path(run_dir) / "distill"
+    probs_path, meta_path = folder / "teacher_probs.npy", folder / "meta.json"
+    files = teacher_files(config["teacher"])
+    meta = {"teachers": [str(f) for f in files], "views": int(len(views)), "faces": int(views.shape[1]),
+            "temperature": config["distill_temperature"], "seed": config["seed"], "augment": config["augment"]}
+    if probs_path.is_file() and meta_path.is_file():
+        try:
+            if json.loads(meta_path.read_text()) == meta:
+                print(f"distill: reusing the teachers' probabilities in {probs_path}")
+                return np.load(probs_path)
+        except (ValueError, OSError):
+            pass  # a damaged record is made again below
+    probs = teacher_probabilities(files, views, config["distill_temperature"])
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = probs_path.with_name(f".{probs_path.stem}.tmp.npy")
+    np.save(tmp, probs)
+    tmp.replace(probs_path)
+    write_text_atomic(meta_path, json.dumps(meta, indent=2))
+    return probs
+
+
+class DistilledBatches(FaceBatches):
+    """FaceBatches over fixed views: each epoch, one view per face with its blended target.
+
+    Shuffling, PLD sampling, class weights and mixing are FaceBatches' own and keyed on (seed, epoch,
+    batch), so a resumed run sees the batches the uninterrupted one would have.
+    """
+
+    def __init__(self, views, teacher_probs, targets, batch_size, alpha, **kwargs):
+        self.views, self.teacher_probs, self.alpha = views, teacher_probs, alpha
+        super().__init__(np.arange(len(targets)), targets, batch_size, **kwargs)
+
+    def epoch_arrays(self, epoch):
+        arrays = super().epoch_arrays(epoch)
+        rng = np.random.default_rng([self.seed, epoch, VIEW_SALT])
+        views = rng.integers(len(self.views), size=len(self.targets))
+        teacher = self.teacher_probs[views, np.arange(len(self.targets))]
+        return {**arrays, "views": views, "targets": (1 - self.alpha) * arrays["targets"] + self.alpha * teacher}
+
+    def batch_inputs(self, rows, epoch, index, arrays):
+        faces = self.views[arrays["views"][rows], rows]
+        if self.augmenter is not None:
+            faces = self.augmenter(faces, np.random.default_rng([self.seed, epoch, index]))
+        return faces.astype(np.float32)[..., None]
+
+
+def distilled_batches(config, train, run_dir, epoch, class_weights):
+    """The training batches of a --teacher run (teachers scored here, or read back from the run folder)."""
+    images, targets = train
+    views = training_views(images, config["distill_views"], config["augment"], config["seed"])
+    probs = cached_teacher_probabilities(config, views, run_dir)
+    erasing = config.get("erasing", 0.0)
+    return DistilledBatches(
+        views, probs, targets, config["batch_size"], config["distill_alpha"],
+        augmenter=build_augmenter("none", erasing=erasing) if erasing else None,
+        sample_targets=config["training_mode"] == "probability", class_weights=class_weights,
+        seed=config["seed"], epoch=epoch, mix=config.get("mix", "none"), mix_alpha=config.get("mix_alpha", 0.2))
