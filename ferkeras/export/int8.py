@@ -15,15 +15,14 @@ batch 64, validation accuracy, for both files) is printed and written to `quanti
 This module imports neither TensorFlow nor Keras.
 """
 import json
-import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ferkeras.deploy.contract import ContractSession, check_onnx_contract, load_onnx, to_contract_input
 from ferkeras.errors import UserError, atomic_path, write_text_atomic
+from ferkeras.timing import Stopwatch, load_average, time_calls
 
 QUANTIZE_CHOICES = ("int8",)
 # onnxruntime's "entropy" is not offered: quantize_static gives its histogram 128 bins, as many as the
@@ -259,15 +258,11 @@ def time_sessions(sessions, rounds=SPEED_ROUNDS, runs_per_round=LATENCY_RUNS_PER
     rates = {name: [] for name in sessions}
     for _ in range(rounds):
         for name, (session, one, many) in firsts.items():
-            for _ in range(runs_per_round):
-                start = time.perf_counter()
-                session.run_batch(one)
-                latencies[name].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            session.logits(many, batch_size=batch)  # a fixed-batch model is fed its own batch size
-            rates[name].append(len(many) / (time.perf_counter() - start))
-    # The load average tells a reader how busy the machine was: absolute times scale with it.
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+            latencies[name] += time_calls(lambda: session.run_batch(one), runs_per_round, warmup=0).walls
+            # A fixed-batch model is fed its own batch size.
+            rates[name].append(time_calls(lambda: session.logits(many, batch_size=batch), warmup=0)
+                               .per_second(len(many)))
+    load = load_average()
     return {name: {"latency_ms_batch1": float(np.median(latencies[name]) * 1000), "load_average_1min": load,
                    "throughput_batch64": float(np.median(rates[name])),
                    "latency_runs": len(latencies[name]), "throughput_batch": int(len(firsts[name][2])),
@@ -319,14 +314,13 @@ def quantize_command(float_path, out=None, data_dir=None, calibration_faces_coun
     calibration = calibration_faces(data_dir, calibration_faces_count)
     print(f"quantizing {float_path} to int8: calibrating on {len(calibration)} training faces ({method}), "
           f"checking on {len(eval_faces[0])} validation faces ...", flush=True)
-    start = time.perf_counter()
-    result = quantize_int8(float_path, out_path, calibration, to_contract_input(eval_faces[0]), method,
-                           per_channel, min_agreement)
-    seconds = time.perf_counter() - start
+    with Stopwatch() as watch:
+        result = quantize_int8(float_path, out_path, calibration, to_contract_input(eval_faces[0]), method,
+                               per_channel, min_agreement)
     report = {"float": None, "int8": None, "settings": result["settings"], "calibration_faces": len(calibration),
               "calibration_method": method, "per_channel": per_channel,
               "top1_agreement": result["agreement"], "min_agreement": min_agreement,
-              "quantize_and_check_seconds": seconds}
+              "quantize_and_check_seconds": watch.seconds}
     report.update(measure_pair({"float": float_path, "int8": out_path},
                                {"float": result["float_logits"], "int8": result["int8_logits"]}, eval_faces,
                                threads))
