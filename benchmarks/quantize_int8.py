@@ -13,13 +13,13 @@ quantization_settings.json beside the float file: how the default was chosen.
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (puts the repository on sys.path and sets TensorFlow's environment)
 import ferkeras  # noqa: E402
 from ferkeras.errors import UserError, run_cli  # noqa: E402
+from ferkeras.timing import Stopwatch  # noqa: E402
 from ferkeras.export.int8 import DEFAULT_CALIBRATION_FACES, SPEED_ROUNDS  # noqa: E402
 
 
@@ -59,10 +59,10 @@ def compare_settings(float_path, data_dir, calibration_count, rounds, threads):
         for index, (name, (method, per_channel, overrides)) in enumerate(tqdm(alternatives().items(),
                                                                                desc="quantizing", unit="setting")):
             path = Path(work) / f"setting{index}.onnx"
-            start = time.perf_counter()
-            result = quantize_int8(float_path, path, calibration, eval_input, method, per_channel,
-                                   min_agreement=0.0, overrides=overrides, float_logits=float_logits)
-            rows[name] = {"quantize_seconds": time.perf_counter() - start, "size_bytes": path.stat().st_size,
+            with Stopwatch() as watch:
+                result = quantize_int8(float_path, path, calibration, eval_input, method, per_channel,
+                                       min_agreement=0.0, overrides=overrides, float_logits=float_logits)
+            rows[name] = {"quantize_seconds": watch.seconds, "size_bytes": path.stat().st_size,
                           "top1_agreement": top1_agreement(float_logits, result["int8_logits"]),
                           "valid": valid_metrics(result["int8_logits"], labels, vote_dist)}
             paths[name] = path

@@ -68,6 +68,11 @@ class CallTimes(NamedTuple):
         return statistics.median(self.cpus)
 
     @property
+    def total(self):
+        """Wall seconds of all the timed calls."""
+        return sum(self.walls)
+
+    @property
     def best(self):
         """Wall seconds of the fastest call."""
         return min(self.walls)
