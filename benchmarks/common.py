@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ferkeras  # noqa: E402  (sets TensorFlow's environment before anything imports it)
 from ferkeras.errors import UserError, write_text_atomic  # noqa: E402
+from ferkeras.tables import markdown_table  # noqa: E402
 from ferkeras.timing import load_average, time_calls  # noqa: E402
 
 MATMUL_SIZE = 4096
@@ -193,15 +194,9 @@ def _profiled_nodes(node):
 
 def format_table(columns, rows):
     """A Markdown table: `columns` are (header, key, format) and `rows` dicts."""
-    lines = ["| " + " | ".join(header for header, _, _ in columns) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
-    for row in rows:
-        cells = []
-        for _, key, fmt in columns:
-            value = row.get(key)
-            cells.append("" if value is None else fmt.format(value) if fmt else str(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [["" if row.get(key) is None else fmt.format(row[key]) if fmt else str(row[key])
+              for _, key, fmt in columns] for row in rows]
+    return markdown_table([header for header, _, _ in columns], cells)
 
 
 def write_report(path, benchmark, command, results, extra=None):

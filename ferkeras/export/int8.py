@@ -22,6 +22,7 @@ import numpy as np
 
 from ferkeras.deploy.contract import ContractSession, check_onnx_contract, load_onnx, to_contract_input
 from ferkeras.errors import UserError, atomic_path, write_text_atomic
+from ferkeras.tables import text_table
 from ferkeras.timing import Stopwatch, load_average, time_calls
 
 QUANTIZE_CHOICES = ("int8",)
@@ -348,14 +349,13 @@ def format_quantization_report(report):
         "latency batch 1 (ms)": float_row["latency_ms_batch1"] / int8_row["latency_ms_batch1"],
         "throughput batch 64 (img/s)": int8_row["throughput_batch64"] / float_row["throughput_batch64"],
     }
-    width = max(len(label) for label, _ in rows)
     load = float_row.get("load_average_1min")
+    table = [("", "float", "int8", "int8 gain")]
+    table += [(label, cell(float_row), cell(int8_row), f"{ratios[label]:.2f}x" if label in ratios else "")
+              for label, cell in rows]
     lines = [f"FER+ valid, {float_row['valid']['n']} faces (majority protocol), onnxruntime CPU"
              + (f" (load average {load:.1f} while timing)" if load is not None else "") + f"; {report['settings']}",
-             f"{'':<{width}}  {'float':>14}  {'int8':>14}  {'int8 gain':>10}"]
-    for label, cell in rows:
-        gain = f"{ratios[label]:.2f}x" if label in ratios else ""
-        lines.append(f"{label:<{width}}  {cell(float_row):>14}  {cell(int8_row):>14}  {gain:>10}")
+             text_table(table, align="lrrr", min_widths=(0, 14, 14, 10))]
     change = (int8_row["valid"]["accuracy"] - float_row["valid"]["accuracy"]) * 100
     lines.append(f"accuracy change {change:+.2f} points; top-1 agreement with float "
                  f"{report['top1_agreement']:.2%} (refused below {report['min_agreement']:.0%})")

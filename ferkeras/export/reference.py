@@ -14,6 +14,7 @@ from ferkeras import CLASSES
 from ferkeras.deploy.contract import ContractSession, check_onnx_contract, to_contract_input
 from ferkeras.deploy.downloads import file_sha256
 from ferkeras.errors import UserError, write_text_atomic
+from ferkeras.tables import text_table
 from ferkeras.timing import time_calls
 
 # Published files, by Model Zoo version: (size in bytes, sha256).
@@ -145,12 +146,10 @@ def format_reference_report(report):
               else f"{r['metrics']['per_class'][c]['f1']:.3f}") for c in CLASSES]
     rows += [("latency batch 1 (ms)", lambda r: f"{r['latency_ms_batch1']:.2f}"),
              ("throughput batch 64 (img/s)", lambda r: f"{r['throughput_batch64']:.0f}")]
-    cells = [(label, [cell(report[n]) for n in names]) for label, cell in rows]
-    width = max(len(label) for label, _ in cells)
-    column = max(14, *(len(value) for _, values in cells for value in values))
+    table = [("", *names)] + [(label, *(cell(report[n]) for n in names)) for label, cell in rows]
+    column = max(14, *(len(value) for row in table for value in row[1:]))  # one width for both models
     lines = [f"FER+ {report['split']}, {report['faces']} faces (majority protocol), onnxruntime CPU",
-             f"{'':<{width}}  " + "  ".join(f"{n:>{column}}" for n in names)]
-    lines += [f"{label:<{width}}  " + "  ".join(f"{v:>{column}}" for v in values) for label, values in cells]
+             text_table(table, align="l" + "r" * len(names), min_widths=(0,) + (column,) * len(names))]
     if report.get("agreement") is not None:
         lines.append(f"top-1 agreement: {report['agreement']:.2%} "
                      f"({int(np.sum(report['disagreement']))} faces differ; rows reference, columns ours "
