@@ -22,6 +22,7 @@ import numpy as np
 
 from ferkeras.deploy.contract import ContractSession, check_onnx_contract, load_onnx, to_contract_input
 from ferkeras.errors import UserError, atomic_path, write_text_atomic
+from ferkeras.export.onnx import write_metadata
 from ferkeras.tables import text_table
 from ferkeras.timing import Stopwatch, load_average, time_calls
 
@@ -174,12 +175,8 @@ def carry_metadata(float_model, int8_model, note, extra):
     entries = {prop.key: prop.value for prop in float_model.metadata_props}
     entries["quantization"] = note
     entries.update(extra)
-    del int8_model.metadata_props[:]
-    for key, value in entries.items():
-        prop = int8_model.metadata_props.add()
-        prop.key, prop.value = key, str(value)
-    int8_model.doc_string = (float_model.doc_string + " " if float_model.doc_string else "") + \
-        "Quantized to int8; see metadata_props['quantization']."
+    write_metadata(int8_model, entries, (float_model.doc_string + " " if float_model.doc_string else "") +
+                   "Quantized to int8; see metadata_props['quantization'].")
 
 
 def top1_agreement(float_logits, int8_logits):
@@ -300,8 +297,6 @@ def quantize_command(float_path, out=None, data_dir=None, calibration_faces_coun
     <name>.int8.onnx beside the float one) and quantization.json beside it, print the side-by-side
     table; return the report. Calibration uses training faces of `data_dir`, the check and the scores
     its validation faces. `threads`: onnxruntime threads for the timing (0: one per core)."""
-    from ferkeras.evaluate.report import load_eval_split
-
     check_calibration_options(calibration_faces_count, method)
     float_path = Path(float_path)
     check_onnx_contract(float_path)
@@ -311,6 +306,10 @@ def quantize_command(float_path, out=None, data_dir=None, calibration_faces_coun
     if out_path.resolve() == float_path.resolve():
         raise UserError(f"--out {out_path}: would overwrite the float model; pick another name "
                         f"(default: {int8_path(float_path).name})")
+    # Imported once the options are known to be good: evaluate.report loads TensorFlow, whose start-up
+    # lines would precede the one-line error of a bad option or file.
+    from ferkeras.evaluate.report import load_eval_split
+
     eval_faces = load_eval_split(data_dir, "valid")
     calibration = calibration_faces(data_dir, calibration_faces_count)
     print(f"quantizing {float_path} to int8: calibrating on {len(calibration)} training faces ({method}), "
