@@ -99,7 +99,7 @@ def calibration_batch_size(count, fixed_batch=None):
     return max(size for size in range(1, CALIBRATION_BATCH + 1) if count % size == 0)
 
 
-class FaceBatches:
+class CalibrationReader:
     """onnxruntime's CalibrationDataReader protocol over prepared contract input, in equal batches
     (a tail shorter than `batch_size` is left out)."""
 
@@ -165,7 +165,7 @@ def quantize_to_proto(float_path, calibration_input, float_info, settings, work_
     quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
     # A model with a fixed batch (the reference takes one face per call) is calibrated at that batch.
     batch_size = calibration_batch_size(len(calibration_input), float_info["batch"])
-    batches = FaceBatches(calibration_input, float_info["input_name"], batch_size)
+    batches = CalibrationReader(calibration_input, float_info["input_name"], batch_size)
     quantize_static(str(prepared), str(quantized), batches, **settings)
     return onnx.load(str(quantized))
 
