@@ -59,7 +59,7 @@ CLASS_COLOURS = ((200, 200, 200), (0, 215, 255), (0, 140, 255), (255, 120, 0),
 
 def shipped_model_candidates():
     """Where the shipped model is looked for: inside the installed package, then in the checkout."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # ferkeras/, this file being ferkeras/deploy/predict.py
     return [package / "shipped" / SHIPPED_MODEL, package.parent / "models" / SHIPPED_MODEL]
 
 
