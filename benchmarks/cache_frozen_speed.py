@@ -15,24 +15,20 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ferkeras  # noqa: E402  (sets TensorFlow's environment)
+from ferkeras.timing import items_per_second, load_average, time_calls  # noqa: E402
 
 FERPLUS_TRAIN_FACES = 28_709  # images in FER2013Train; the label modes keep slightly fewer
 
 
 def rate(step, batch, seconds):
     """Images per second of `step()` over `batch` images, timed for about `seconds` after a warm-up."""
-    step()
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or done < 2:
-        step()
-        done += 1
-    return done * batch / (time.perf_counter() - started)
+    timed = time_calls(step, 2, budget_s=seconds)
+    return items_per_second(len(timed.walls) * batch, timed.total)
 
 
 def main(argv=None):
@@ -82,7 +78,7 @@ def main(argv=None):
         "speedup_per_epoch": cached / uncached,
         "run_s_uncached": args.epochs * n / uncached,
         "run_s_cached": n * views / build + args.epochs * n / cached,
-        "epochs": args.epochs, "load_average": os.getloadavg()[0],
+        "epochs": args.epochs, "load_average": load_average(),
     }
     result["speedup_whole_run"] = result["run_s_uncached"] / result["run_s_cached"]
     Path(args.out).write_text(json.dumps(result, indent=2))

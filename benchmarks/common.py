@@ -17,7 +17,6 @@ FLOP conventions (used in every table):
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,16 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ferkeras  # noqa: E402  (sets TensorFlow's environment before anything imports it)
 from ferkeras.errors import UserError, write_text_atomic  # noqa: E402
+from ferkeras.tables import markdown_table  # noqa: E402
+from ferkeras.timing import load_average, time_calls  # noqa: E402
 
 MATMUL_SIZE = 4096
 
 
 # ----------------------------------------------------------------------------- the machine
-
-def load_average():
-    """The 1-minute load average: the number of runnable processes the cores were shared by."""
-    return round(os.getloadavg()[0], 2)
-
 
 def machine_facts():
     import keras
@@ -73,26 +69,6 @@ class LoadWindow:
         return f"{self.before:.1f} / {self.after:.1f}"
 
 
-def clocks():
-    """(wall seconds, CPU seconds of this process, all threads): wall time says how long a user waits;
-    CPU time says how much work it took, and is far less swayed by other jobs on shared cores."""
-    return time.perf_counter(), time.process_time()
-
-
-def timed_runs(fn, warmup, repeats):
-    """(wall seconds, CPU seconds) of each of `repeats` calls of `fn`, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        wall, cpu = clocks()
-        fn()
-        wall_end, cpu_end = clocks()
-        walls.append(wall_end - wall)
-        cpus.append(cpu_end - cpu)
-    return walls, cpus
-
-
 # ----------------------------------------------------------------------------- the reference rate
 
 def matmul_rate(n=MATMUL_SIZE, warmup=2, repeats=5):
@@ -112,9 +88,9 @@ def matmul_rate(n=MATMUL_SIZE, warmup=2, repeats=5):
         # Reading one element waits for the product without copying n*n floats out of TensorFlow.
         tf.linalg.matmul(a, b)[0, 0].numpy()
 
-    walls, cpus = timed_runs(product, warmup, repeats)
+    timed = time_calls(product, repeats, warmup)
     gflop = 2 * n ** 3 / 1e9
-    return gflop / statistics.median(walls), gflop / statistics.median(cpus)
+    return gflop / timed.median, gflop / timed.median_cpu
 
 
 # ----------------------------------------------------------------------------- FLOP counting
@@ -218,15 +194,9 @@ def _profiled_nodes(node):
 
 def format_table(columns, rows):
     """A Markdown table: `columns` are (header, key, format) and `rows` dicts."""
-    lines = ["| " + " | ".join(header for header, _, _ in columns) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
-    for row in rows:
-        cells = []
-        for _, key, fmt in columns:
-            value = row.get(key)
-            cells.append("" if value is None else fmt.format(value) if fmt else str(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [["" if row.get(key) is None else fmt.format(row[key]) if fmt else str(row[key])
+              for _, key, fmt in columns] for row in rows]
+    return markdown_table([header for header, _, _ in columns], cells)
 
 
 def write_report(path, benchmark, command, results, extra=None):

@@ -11,12 +11,12 @@ first also pays for importing tf2onnx (shown apart as "first conversion").
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (imports ferkeras first, which sets TensorFlow's environment)
 from ferkeras.errors import atomic_path, run_cli  # noqa: E402
+from ferkeras.timing import Stopwatch  # noqa: E402
 
 DEFAULT_CONFIGS = ("VGG13", "ResNet50@64")
 
@@ -52,11 +52,11 @@ def timed_parity(export_module):
     original, seconds = export_module.check_parity, []
 
     def check_parity(*args, **kwargs):
-        start = time.perf_counter()
+        watch = Stopwatch()
         try:
             return original(*args, **kwargs)
         finally:
-            seconds.append(time.perf_counter() - start)
+            seconds.append(watch.elapsed())
 
     export_module.check_parity = check_parity
     return original, seconds
@@ -74,22 +74,18 @@ def export_one(spec, args, first):
     options = {"opset": args.opset} if args.opset else {}
     original, parity_seconds = timed_parity(export)
     try:
-        with common.LoadWindow() as load:
-            start = time.perf_counter()
+        with common.LoadWindow() as load, Stopwatch() as exporting:
             report = export.export_onnx(model, folder / "model.onnx", config={"model_name": model_name,
                                         "image_size": image_size, "weights": "none"}, source="export_time.py",
                                         data_dir=args.data_dir, **options)
-            export_s = time.perf_counter() - start
     finally:
         export.check_parity = original
-    start = time.perf_counter()
-    with atomic_path(folder / "model.keras") as tmp:
+    with Stopwatch() as saving, atomic_path(folder / "model.keras") as tmp:
         model.save(tmp)
-    keras_save_s = time.perf_counter() - start
     return {"config": spec, "parameters": report["parameters"], "onnx_mb": report["size_bytes"] / 1e6,
-            "opset": report["opset"], "export_s": export_s, "parity_s": sum(parity_seconds),
+            "opset": report["opset"], "export_s": exporting.seconds, "parity_s": sum(parity_seconds),
             "parity_faces": report["parity"]["faces"], "max_softmax_diff": report["parity"]["max_softmax_diff"],
-            "keras_save_s": keras_save_s, "first": "yes" if first else "no", "folder": str(folder),
+            "keras_save_s": saving.seconds, "first": "yes" if first else "no", "folder": str(folder),
             **load.as_dict(), "load": load.text()}
 
 

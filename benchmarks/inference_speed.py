@@ -18,12 +18,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (imports ferkeras first, which sets TensorFlow's environment)
 from ferkeras.errors import UserError, run_cli  # noqa: E402
+from ferkeras.timing import time_calls  # noqa: E402
 
 
 def best_of(fn, repeats):
     """Seconds of the fastest of `repeats` calls, after one warm-up call (tracing and allocator growth are
     not inference)."""
-    return min(common.timed_runs(fn, warmup=1, repeats=repeats)[0])
+    return time_calls(fn, repeats).best
 
 
 COLUMNS = (

@@ -12,12 +12,12 @@ median bare `train_on_batch` step unless --train_json gives a train_speed.py rep
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (imports ferkeras first, which sets TensorFlow's environment)
 from ferkeras.errors import UserError, run_cli  # noqa: E402
+from ferkeras.timing import items_per_second, time_calls  # noqa: E402
 
 RECIPES = ("none", "crop_flip", "ferplus")
 # The pipeline must outrun the step it feeds by this factor, so it never is the bottleneck.
@@ -27,13 +27,13 @@ REQUIRED_HEADROOM = 10
 def pipeline_rate(batches, seconds, max_batches=None):
     """(images/s, batches read): read batches in order, from the first, for about `seconds`."""
     limit = len(batches) if max_batches is None else min(len(batches), max_batches)
-    images, count = 0, 0
-    start = time.perf_counter()
-    while count < limit and (count < 2 or time.perf_counter() - start < seconds):
-        x = batches[count][0]
-        images += len(x)
-        count += 1
-    return images / (time.perf_counter() - start), count
+    sizes = []
+
+    def read_next():
+        sizes.append(len(batches[len(sizes)][0]))
+
+    timed = time_calls(read_next, min(2, limit), warmup=0, budget_s=seconds, max_repeats=limit)
+    return items_per_second(sum(sizes), timed.total), len(sizes)
 
 
 def step_rate_from_report(path, spec):

@@ -9,14 +9,13 @@ weights none) and times `train_on_batch` on one batch of real training faces, re
 """
 import argparse
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ferkeras  # noqa: E402  (sets TensorFlow's environment before it is imported)
 from ferkeras.errors import run_cli  # noqa: E402
+from ferkeras.timing import Stopwatch, load_average, time_calls  # noqa: E402
 
 SETTINGS = (("none", False), ("bfloat16", False), ("float16", False), ("none", True), ("bfloat16", True))
 
@@ -43,17 +42,12 @@ def time_setting(precision, jit, faces, targets, image_size, steps):
         model = build_model("ResNet50", weights="none", image_size=image_size, dropout_rate=0.0)
         model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss_for_mode("majority"),
                       **distribute.compile_options(config))
-    start = time.perf_counter()
-    model.train_on_batch(faces, targets)
-    first = time.perf_counter() - start
-    model.train_on_batch(faces, targets)
-    start = time.perf_counter()
-    for _ in range(steps):
+    with Stopwatch() as first_step:
         model.train_on_batch(faces, targets)
-    step = (time.perf_counter() - start) / steps
-    return {"mixed_precision": precision, "jit_compile": jit, "first_step_s": round(first, 1),
+    step = time_calls(lambda: model.train_on_batch(faces, targets), steps).total / steps
+    return {"mixed_precision": precision, "jit_compile": jit, "first_step_s": round(first_step.seconds, 1),
             "step_s": round(step, 3), "images_per_s": round(len(faces) / step, 1),
-            "load_average": round(os.getloadavg()[0], 1)}
+            "load_average": round(load_average(), 1)}
 
 
 def main(argv=None):

@@ -22,7 +22,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from common import LoadWindow  # noqa: E402
 from ferkeras.errors import UserError, run_cli, write_text_atomic  # noqa: E402
+from ferkeras.timing import Stopwatch  # noqa: E402
 from ferkeras.deploy.predict import (DETECTORS, EmotionPredictor, box_iou, crop_margin, make_detector,  # noqa: E402
                               predict_command)
 
@@ -104,9 +104,8 @@ def score_rows(rows, truth, original_predictions):
 def run_model(model, folder, truth, images, labels, margins, threads, batch_size, work, detector="yunet",
               detector_model=None):
     margins = margins or [crop_margin(make_detector(detector=detector, detector_model=detector_model))]
-    start = time.perf_counter()
-    predictor = EmotionPredictor(model, batch_size=batch_size, threads=threads)
-    load_s = time.perf_counter() - start
+    with Stopwatch() as loading:
+        predictor = EmotionPredictor(model, batch_size=batch_size, threads=threads)
     placed = sorted({p["face"] for pictures in truth.values() for p in pictures})
     originals = predictor.probabilities(images[placed]).argmax(axis=1)
     crop_accuracy = float(np.mean(originals == labels[placed]))
@@ -114,10 +113,8 @@ def run_model(model, folder, truth, images, labels, margins, threads, batch_size
     out = work / f"out_{Path(model).stem}_{detector}"
     options = dict(batch_size=batch_size, threads=threads, detector=detector, detector_model=detector_model,
                    progress=False)
-    with LoadWindow() as load:
-        cpu_start = time.process_time()
+    with LoadWindow() as load, Stopwatch() as predicting:
         summary = predict_command([folder], model, out=out, margin=margins[0], **options)
-        cpu_s = time.process_time() - cpu_start
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     timing = summary.timings
     result = {
@@ -125,15 +122,15 @@ def run_model(model, folder, truth, images, labels, margins, threads, batch_size
         "detector": detector,
         **load.as_dict(),
         "size_mb": round(Path(model).stat().st_size / 1e6, 1),
-        "load_s": round(load_s, 2),
+        "load_s": round(loading.seconds, 2),
         "pictures": summary.images,
         "faces_found": summary.faces,
         "seconds": round(summary.seconds, 2),
         "images_per_s": round(summary.images / summary.seconds, 2),
         "faces_per_s": round(summary.faces / summary.seconds, 2),
         # CPU seconds of all threads: far less swayed by other jobs on shared cores than the wall clock.
-        "cpu_ms_per_image": round(1000 * cpu_s / summary.images, 1),
-        "cores_used": round(cpu_s / summary.seconds, 2),
+        "cpu_ms_per_image": round(1000 * predicting.cpu_seconds / summary.images, 1),
+        "cores_used": round(predicting.cpu_seconds / summary.seconds, 2),
         "ms_per_image": {stage: round(1000 * getattr(timing, stage) / summary.images, 1)
                          for stage in ("read", "detect", "infer", "write")},
         "accuracy_on_original_crops": round(crop_accuracy, 4),

@@ -13,13 +13,14 @@ quantization_settings.json beside the float file: how the default was chosen.
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (puts the repository on sys.path and sets TensorFlow's environment)
 import ferkeras  # noqa: E402
 from ferkeras.errors import UserError, run_cli  # noqa: E402
+from ferkeras.tables import text_table  # noqa: E402
+from ferkeras.timing import Stopwatch  # noqa: E402
 from ferkeras.export.int8 import DEFAULT_CALIBRATION_FACES, SPEED_ROUNDS  # noqa: E402
 
 
@@ -59,10 +60,10 @@ def compare_settings(float_path, data_dir, calibration_count, rounds, threads):
         for index, (name, (method, per_channel, overrides)) in enumerate(tqdm(alternatives().items(),
                                                                                desc="quantizing", unit="setting")):
             path = Path(work) / f"setting{index}.onnx"
-            start = time.perf_counter()
-            result = quantize_int8(float_path, path, calibration, eval_input, method, per_channel,
-                                   min_agreement=0.0, overrides=overrides, float_logits=float_logits)
-            rows[name] = {"quantize_seconds": time.perf_counter() - start, "size_bytes": path.stat().st_size,
+            with Stopwatch() as watch:
+                result = quantize_int8(float_path, path, calibration, eval_input, method, per_channel,
+                                       min_agreement=0.0, overrides=overrides, float_logits=float_logits)
+            rows[name] = {"quantize_seconds": watch.seconds, "size_bytes": path.stat().st_size,
                           "top1_agreement": top1_agreement(float_logits, result["int8_logits"]),
                           "valid": valid_metrics(result["int8_logits"], labels, vote_dist)}
             paths[name] = path
@@ -77,14 +78,13 @@ def compare_settings(float_path, data_dir, calibration_count, rounds, threads):
 
 
 def format_settings(report):
-    lines = [f"{'setting':<38} {'MB':>6} {'ms b1':>7} {'img/s b64':>9} {'valid acc':>9} {'bal. acc':>8} "
-             f"{'agree':>7} {'quant s':>7}"]
+    table = [("setting", "MB", "ms b1", "img/s b64", "valid acc", "bal. acc", "agree", "quant s")]
     for name, row in report["settings"].items():
         seconds = f"{row['quantize_seconds']:.0f}" if "quantize_seconds" in row else "-"
-        lines.append(f"{name:<38} {row['size_bytes'] / 1e6:>6.1f} {row['latency_ms_batch1']:>7.2f} "
-                     f"{row['throughput_batch64']:>9.0f} {row['valid']['accuracy']:>9.2%} "
-                     f"{row['valid']['balanced_accuracy']:>8.2%} {row['top1_agreement']:>7.2%} {seconds:>7}")
-    return "\n".join(lines)
+        table.append((name, f"{row['size_bytes'] / 1e6:.1f}", f"{row['latency_ms_batch1']:.2f}",
+                      f"{row['throughput_batch64']:.0f}", f"{row['valid']['accuracy']:.2%}",
+                      f"{row['valid']['balanced_accuracy']:.2%}", f"{row['top1_agreement']:.2%}", seconds))
+    return text_table(table, align="lrrrrrrr", min_widths=(38, 6, 7, 9, 9, 8, 7, 7), gap=" ")
 
 
 def main(argv=None):

@@ -34,6 +34,7 @@ from common import LoadWindow  # noqa: E402
 from predict_speed import build_pictures  # noqa: E402
 
 from ferkeras.errors import UserError, run_cli, write_text_atomic  # noqa: E402
+from ferkeras.timing import Stopwatch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -121,7 +122,7 @@ def run_clients(server, pictures, clients, requests, max_seconds):
                     break
                 state["next"] += 1
             name, data, _ = pictures[index % len(pictures)]
-            start = time.perf_counter()
+            watch = Stopwatch()
             try:
                 connection.request("POST", "/v1/predict", body=form(name, data),
                                    headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
@@ -134,14 +135,13 @@ def run_clients(server, pictures, clients, requests, max_seconds):
                 connection.close()
                 connection = HTTPConnection(server.host, server.port, timeout=60)
             with lock:
-                (errors.append(error) if error else latencies.append(time.perf_counter() - start))
+                (errors.append(error) if error else latencies.append(watch.elapsed()))
         connection.close()
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
+    with Stopwatch() as watch, ThreadPoolExecutor(clients) as pool:
         for future in [pool.submit(client) for _ in range(clients)]:
             future.result()
-    return latencies, errors, time.perf_counter() - start
+    return latencies, errors, watch.seconds
 
 
 def pipeline_cpu_per_picture(model, pictures):
@@ -154,12 +154,12 @@ def pipeline_cpu_per_picture(model, pictures):
     from ferkeras.service.images import decode_upload
 
     detector, predictor = make_detector(48, 5, 1280, threads=1), EmotionPredictor(model, threads=1)
-    start = time.process_time()
-    for name, data, _ in pictures:
-        crops = find_faces(to_gray(decode_upload(data, name, 40_000_000)), detector, 0.0)[1]
-        if crops:
-            predictor.probabilities(np.stack(crops))
-    return (time.process_time() - start) / len(pictures)
+    with Stopwatch() as watch:
+        for name, data, _ in pictures:
+            crops = find_faces(to_gray(decode_upload(data, name, 40_000_000)), detector, 0.0)[1]
+            if crops:
+                predictor.probabilities(np.stack(crops))
+    return watch.cpu_seconds / len(pictures)
 
 
 def percentile(values, fraction):

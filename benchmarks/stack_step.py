@@ -14,13 +14,13 @@ differ by up to ~20% on a 2-core machine: repeat before reading much into it); t
 train_speed.py's end-to-end figure is what its loop costs.
 """
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (imports ferkeras first, which sets TensorFlow's environment)
 from ferkeras.errors import UserError, run_cli  # noqa: E402
+from ferkeras.timing import time_calls  # noqa: E402
 
 
 def keras_resnet50(image_size):
@@ -47,8 +47,8 @@ def step_rate(model, input_shape, batch_size, steps):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch_size, *input_shape)).astype(np.float32)
     y = np.eye(8, dtype=np.float32)[rng.integers(0, 8, batch_size)]
-    walls, _ = common.timed_runs(lambda: model.train_on_batch(x, y), warmup=2, repeats=steps)
-    return statistics.median(walls), common.training_flops(model)
+    timed = time_calls(lambda: model.train_on_batch(x, y), steps, warmup=2)
+    return timed.median, common.training_flops(model)
 
 
 COLUMNS = (

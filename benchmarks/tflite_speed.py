@@ -19,13 +19,13 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (puts the repository on sys.path and sets TensorFlow's environment)
 import ferkeras  # noqa: E402
 from ferkeras.errors import UserError, run_cli  # noqa: E402
+from ferkeras.timing import Stopwatch  # noqa: E402
 from ferkeras.export.int8 import DEFAULT_CALIBRATION_FACES, SPEED_ROUNDS  # noqa: E402
 
 COLUMNS = [("model", "name", None), ("file", "file", None), ("size (MB)", "size_mb", "{:.2f}"),
@@ -59,9 +59,9 @@ def export_all(model, config, source, data_dir, work, calibration, eval_input):
     }
     files = {}
     for name, (path, job) in jobs.items():
-        start = time.perf_counter()
-        job(path)
-        files[name] = (path, time.perf_counter() - start)
+        with Stopwatch() as watch:
+            job(path)
+        files[name] = (path, watch.seconds)
         print(f"exported {name}: {path.name} ({files[name][1]:.0f} s)", flush=True)
     return files
 

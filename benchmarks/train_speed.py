@@ -25,16 +25,17 @@ costs (checkpoints, curves, iterator start-up) once.
 """
 import argparse
 import contextlib
+import functools
 import gc
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (imports ferkeras first, which sets TensorFlow's environment)
 from ferkeras.errors import UserError, run_cli  # noqa: E402
+from ferkeras.timing import clocks, time_calls  # noqa: E402
 
 README_CONFIGS = ("ResNet50@64", "ResNet50@64:-51", "ResNet50@224", "ResNet50@224:-51", "VGG13", "FaceNet")
 # FER+'s majority-protocol split sizes: one epoch trains on 25,045 faces and validates on 3,191.
@@ -85,19 +86,13 @@ def bare_step(config, train, budget_s, min_steps=3, max_steps=50):
     model = new_model(config)
     flops = {"forward": common.forward_flops(model), "training": common.training_flops(model)}
     batch = make_batches(config, train)[0]
-    walls, cpus = [], []
-    for _ in range(2):  # tracing and the allocator's first growth are not steps
-        model.train_on_batch(*batch)
-    while len(walls) < min_steps or (sum(walls) < budget_s and len(walls) < max_steps):
-        wall, cpu = common.clocks()
-        model.train_on_batch(*batch)
-        wall_end, cpu_end = common.clocks()
-        walls.append(wall_end - wall)
-        cpus.append(cpu_end - cpu)
+    # Two warm-up steps: tracing and the allocator's first growth are not steps.
+    timed = time_calls(functools.partial(model.train_on_batch, *batch), min_steps, warmup=2, budget_s=budget_s,
+                       max_repeats=max_steps)
     del model
     keras.backend.clear_session()
     gc.collect()
-    return statistics.median(walls), statistics.median(cpus), len(walls), flops
+    return timed.median, timed.median_cpu, len(timed.walls), flops
 
 
 # ----------------------------------------------------------------------------- 2. train.py end to end
@@ -109,7 +104,7 @@ def timing_callbacks(record):
     import keras
 
     def mark(name):
-        record[-1][name], record[-1]["cpu_" + name] = common.clocks()
+        record[-1][name], record[-1]["cpu_" + name] = clocks()
 
     class Opening(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -117,7 +112,7 @@ def timing_callbacks(record):
             mark("begin")
 
         def on_train_batch_end(self, batch, logs=None):
-            wall, cpu = common.clocks()
+            wall, cpu = clocks()
             record[-1]["batch_ends"].append(wall)
             record[-1]["cpu_batch_ends"].append(cpu)
 

@@ -24,8 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 from ferkeras import CLASSES
 from ferkeras.errors import UserError
 from ferkeras.deploy.faces import FaceDetector, crop_face, read_image, read_image_color, reading_order
-from ferkeras.deploy.predict import (CLASS_COLOURS, NearestBoxTracker, box_iou, predict_command, predict_video,
-                              softmax)
+from ferkeras.deploy.contract import softmax
+from ferkeras.deploy.predict import CLASS_COLOURS, NearestBoxTracker, box_iou, predict_command, predict_video
 from tests.helpers import FACE_SIDE, faint_noise
 
 REPO = Path(__file__).resolve().parents[1]

@@ -365,18 +365,24 @@ def _read_ferplus_rows(votes_file):
                 f"expected {','.join(FERPLUS_HEADER)!r}; "
                 "use fer2013new.csv from github.com/microsoft/FERPlus"
             )
-        for fields in reader:
-            line = reader.line_num
-            if not fields:
-                continue
-            if len(fields) != len(FERPLUS_HEADER):
-                raise UserError(
-                    f"{votes_file} line {line}: expected {len(FERPLUS_HEADER)} fields (Usage, Image name, "
-                    f"{len(VOTE_COLUMNS)} vote counts), got {len(fields)}; use the original fer2013new.csv"
-                )
+        for fields, line in _data_rows(reader, votes_file, len(FERPLUS_HEADER),
+                                       f"Usage, Image name, {len(VOTE_COLUMNS)} vote counts",
+                                       "use the original fer2013new.csv"):
             usage = _parse_usage(fields[0], votes_file, line)
             rows.append((usage, fields[1].strip(), _parse_votes(fields[2:], votes_file, line), line))
     return rows
+
+
+def _data_rows(reader, path, count, fields, advice):
+    """(fields, line number) of each non-empty row after the header of a csv reader over `path`; a
+    row without `count` fields (named by `fields`) is a one-line error ending in `advice`."""
+    for row in reader:
+        if not row:
+            continue
+        if len(row) != count:
+            raise UserError(f"{path} line {reader.line_num}: expected {count} fields ({fields}), got {len(row)}; "
+                            f"{advice}")
+        yield row, reader.line_num
 
 
 def _read_kaggle_rows(pixels_file, expected_rows):
@@ -394,15 +400,8 @@ def _read_kaggle_rows(pixels_file, expected_rows):
                 "use fer2013.csv from Kaggle's Facial Expression Recognition Challenge"
             )
         pixels_at, usage_at = header.index("pixels"), header.index("Usage")
-        for fields in reader:
-            line = reader.line_num
-            if not fields:
-                continue
-            if len(fields) != len(KAGGLE_COLUMNS):
-                raise UserError(
-                    f"{pixels_file} line {line}: expected {len(KAGGLE_COLUMNS)} fields ({','.join(header)}), "
-                    f"got {len(fields)}; the file is damaged, download it again"
-                )
+        for fields, line in _data_rows(reader, pixels_file, len(KAGGLE_COLUMNS), ",".join(header),
+                                       "the file is damaged, download it again"):
             rows.append((_parse_usage(fields[usage_at], pixels_file, line), fields[pixels_at], line))
             progress.update()
     return rows

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from ferkeras import CLASSES, NUM_CLASSES
+from ferkeras.deploy.faces import resize_interpolation
 from ferkeras.errors import UserError
 
 INPUT_NAME = "Input3"
@@ -23,7 +24,8 @@ _FLOAT = 1  # onnx.TensorProto.FLOAT, spelled out so that the module loads witho
 
 
 def to_contract_input(faces):
-    """Grayscale faces uint8 (N, H, W) -> float32 (N, 1, 64, 64): bilinear resize, raw 0..255, NCHW."""
+    """Grayscale faces uint8 (N, H, W) -> float32 (N, 1, 64, 64): raw 0..255, NCHW, resized as
+    `crop_face` resizes (bilinear when enlarging, as FER+'s 48x48 faces are; area when shrinking)."""
     faces = np.asarray(faces)
     if faces.ndim == 4 and faces.shape[-1] == 1:
         faces = faces[..., 0]
@@ -33,7 +35,8 @@ def to_contract_input(faces):
     faces = faces.astype(np.float32)  # resize in float: no rounding back to whole grey levels
     if faces.shape[1:] != (INPUT_SIZE, INPUT_SIZE):
         size = (INPUT_SIZE, INPUT_SIZE)
-        faces = np.stack([cv2.resize(face, size, interpolation=cv2.INTER_LINEAR) for face in faces]) \
+        interpolation = resize_interpolation(faces.shape[1], INPUT_SIZE)
+        faces = np.stack([cv2.resize(face, size, interpolation=interpolation) for face in faces]) \
             if len(faces) else np.zeros((0,) + size, np.float32)
     return faces[:, None, :, :]
 
@@ -207,15 +210,47 @@ def check_class_count(count, source):
                         f"classes {', '.join(CLASSES)}); train it with train.py or pick another file")
 
 
-class OnnxPredictor:
-    """An ONNX contract model scored with onnxruntime on `to_contract_input(faces)`."""
+class Predictor:
+    """What every predictor has, whatever runs its model file (onnxruntime here, Keras in
+    ferkeras.models.predictor, LiteRT in ferkeras.deploy.tflite, several at once in
+    ferkeras.evaluate.ensemble): `logits(faces)`, `probabilities(faces)`, `describe()` and
+    `batch_size`. Faces are gray (N, H, W), uint8 or float 0..255, any size."""
+
+    kind = None
+    batch_size = 64
+
+    def logits(self, faces):
+        """float32 (N, 8) scores in CLASSES order."""
+        raise NotImplementedError
+
+    def probabilities(self, faces):
+        """float32 (N, 8) softmax probabilities in CLASSES order."""
+        if len(faces) == 0:
+            return np.zeros((0, NUM_CLASSES), np.float32)
+        return softmax(self.logits(faces)).astype(np.float32)
+
+    def describe(self):
+        """What the model is, for reports: format, path, parameters..."""
+        raise NotImplementedError
+
+
+class OnnxPredictor(Predictor):
+    """A contract ONNX model scored with onnxruntime on `to_contract_input(faces)`: what evaluation,
+    distillation teachers, predict.py and the service all score ONNX files with.
+
+    The file is checked against the contract on construction (a one-line `UserError` otherwise), and
+    so are its weights: a model with broken (NaN) weights fails here, before any input is read or
+    output written. A fixed-batch model such as the reference is fed one chunk of its size at a time.
+    `threads`: onnxruntime intra-op threads (0: one per core).
+    """
 
     kind = "onnx"
 
-    def __init__(self, path, batch_size=64):
+    def __init__(self, path, batch_size=64, threads=0):
         self.path, self.batch_size = Path(path), batch_size
         self.info = check_onnx_contract(path)
-        self.session = ContractSession(path, self.info)
+        self.session = ContractSession(path, self.info, intra_threads=threads)
+        self.logits(np.full((1, INPUT_SIZE, INPUT_SIZE), 128, np.uint8))
 
     def logits(self, faces):
         return self.session.logits(to_contract_input(faces), batch_size=self.batch_size)

@@ -324,6 +324,10 @@ def crop_face(gray, box, margin=FERPLUS_MARGIN, size=64):
         raise ValueError(f"box {box} lies outside the {width}x{height} image")
     pads = (max(-top, 0), max(top + side - height, 0), max(-left, 0), max(left + side - width, 0))
     square = cv2.copyMakeBorder(inner, *pads, cv2.BORDER_REPLICATE) if any(pads) else inner
-    # Area averaging when shrinking avoids the aliasing bilinear gives on large photos.
-    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return cv2.resize(square, (size, size), interpolation=interpolation)
+    return cv2.resize(square, (size, size), interpolation=resize_interpolation(side, size))
+
+
+def resize_interpolation(side, size):
+    """How an image `side` pixels across is resized to `size`, wherever faces are resized: area
+    averaging when shrinking (bilinear aliases on large photos), bilinear when enlarging."""
+    return cv2.INTER_AREA if side > size else cv2.INTER_LINEAR

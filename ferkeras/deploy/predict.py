@@ -22,7 +22,6 @@ import io
 import json
 import os
 import sys
-import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,9 +32,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ferkeras import CLASSES, NUM_CLASSES
-from ferkeras.deploy.contract import INPUT_SIZE, ContractSession, check_onnx_contract, softmax
+from ferkeras.deploy.contract import INPUT_SIZE, OnnxPredictor
 from ferkeras.deploy.downloads import YUNET, model_file_path
 from ferkeras.errors import UserError, atomic_path, check_output_folder, write_text_atomic
+from ferkeras.timing import Stopwatch
 from ferkeras.deploy.faces import (FERPLUS_MARGIN, IMAGE_SUFFIXES, FaceDetector, YuNetDetector, check_thresholds, crop_face,
                     decode_image, list_images, to_bgr, to_gray)
 
@@ -59,7 +59,7 @@ CLASS_COLOURS = ((200, 200, 200), (0, 215, 255), (0, 140, 255), (255, 120, 0),
 
 def shipped_model_candidates():
     """Where the shipped model is looked for: inside the installed package, then in the checkout."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # ferkeras/, this file being ferkeras/deploy/predict.py
     return [package / "shipped" / SHIPPED_MODEL, package.parent / "models" / SHIPPED_MODEL]
 
 
@@ -73,32 +73,8 @@ def default_model_path():
                     "(export.py writes one), or reinstall ferkeras / update the checkout")
 
 
-class EmotionPredictor:
-    """A contract ONNX model that turns gray face crops into class probabilities.
-
-    The file is checked against the contract on construction (a one-line `UserError` otherwise).
-    A fixed-batch model such as the reference is fed one chunk of its size at a time.
-    """
-
-    def __init__(self, model_path, batch_size=64, threads=0):
-        self.info = check_onnx_contract(model_path)
-        self.session = ContractSession(model_path, self.info, intra_threads=threads)
-        self.batch_size = batch_size
-        # A model with broken (NaN) weights fails here, before any input is read or output written.
-        self.probabilities(np.full((1, INPUT_SIZE, INPUT_SIZE), 128, np.uint8))
-
-    def probabilities(self, faces):
-        """uint8 gray faces (N, 64, 64) -> float32 (N, 8) softmax probabilities in CLASSES order."""
-        faces = np.asarray(faces)
-        if len(faces) == 0:
-            return np.zeros((0, NUM_CLASSES), np.float32)
-        if faces.shape[1:] != (INPUT_SIZE, INPUT_SIZE):  # resized as crop_face resizes
-            shrink = faces.shape[1] > INPUT_SIZE
-            faces = np.stack([cv2.resize(face, (INPUT_SIZE, INPUT_SIZE),
-                                         interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-                              for face in faces])
-        contract_input = faces.astype(np.float32)[:, None, :, :]
-        return softmax(self.session.logits(contract_input, self.batch_size)).astype(np.float32)
+# The name predict.py's users know for the ONNX predictor (`EmotionPredictor(model).probabilities(faces)`).
+EmotionPredictor = OnnxPredictor
 
 
 # ----------------------------------------------------------------------------- one image's faces
@@ -150,19 +126,30 @@ class Timings:
     infer: float = 0.0
     write: float = 0.0
 
+    @contextlib.contextmanager
+    def timed(self, stage):
+        """Add the seconds of a `with` block to `stage` (read, detect, infer or write)."""
+        with Stopwatch() as watch:
+            yield
+        setattr(self, stage, getattr(self, stage) + watch.seconds)
+
 
 def read_and_find(path, detector, margin):
     """(ImageResult, crops, read seconds, detect seconds) of one file; runs in the worker threads."""
-    start = time.perf_counter()
-    try:
-        pixels = decode_image(path)
-        colour = detector is not None and detector.colour and pixels.ndim == 3
-        image = to_bgr(pixels, path) if colour else to_gray(pixels, path)
-    except UserError as exc:
-        return ImageResult(Path(path), error=str(exc)), [], time.perf_counter() - start, 0.0
-    middle = time.perf_counter()
-    boxes, crops = find_faces(image, detector, margin)
-    return ImageResult(Path(path), boxes=boxes, pixels=pixels), crops, middle - start, time.perf_counter() - middle
+    with Stopwatch() as reading:
+        try:
+            pixels = decode_image(path)
+            colour = detector is not None and detector.colour and pixels.ndim == 3
+            image = to_bgr(pixels, path) if colour else to_gray(pixels, path)
+        except UserError as exc:
+            pixels, error = None, str(exc)
+        else:
+            error = None
+    if error:
+        return ImageResult(Path(path), error=error), [], reading.seconds, 0.0
+    with Stopwatch() as detecting:
+        boxes, crops = find_faces(image, detector, margin)
+    return ImageResult(Path(path), boxes=boxes, pixels=pixels), crops, reading.seconds, detecting.seconds
 
 
 def default_workers(threads=0):
@@ -197,9 +184,8 @@ def predict_images(paths, predictor, detector, margin=None, timings=None, worker
     pending, pending_faces = [], []
 
     def score_pending():
-        start = time.perf_counter()
-        probabilities = predictor.probabilities(np.stack(pending_faces)) if pending_faces else None
-        timings.infer += time.perf_counter() - start
+        with timings.timed("infer"):
+            probabilities = predictor.probabilities(np.stack(pending_faces)) if pending_faces else None
         offset = 0
         for result in pending:
             if result.error is None:
@@ -393,7 +379,7 @@ def predict_command(inputs, model=None, out="predictions", fmt="both", batch_siz
     names = AnnotatedNames(Path(out) / "annotated")
     annotated_name = dict(items)
     summary, rows = Summary(), []
-    start = time.perf_counter()
+    watch = Stopwatch()
     bar = tqdm(total=len(items), unit="image", desc="predict", disable=not progress or len(items) < 2)
     for result in predict_images([path for path, _ in items], predictor, detector, margin, summary.timings,
                                  workers=default_workers(threads)):
@@ -411,12 +397,11 @@ def predict_command(inputs, model=None, out="predictions", fmt="both", batch_siz
         rows.extend(face_row(result.path, i, box, probs)
                     for i, (box, probs) in enumerate(zip(result.boxes, result.probabilities)))
         if not no_annotate:
-            write_start = time.perf_counter()
-            bgr = annotate(to_bgr(result.pixels, result.path), result.boxes, result.probabilities)
-            summary.written.append(write_image_atomic(names.name_for(annotated_name[result.path]), bgr))
-            summary.timings.write += time.perf_counter() - write_start
+            with summary.timings.timed("write"):
+                bgr = annotate(to_bgr(result.pixels, result.path), result.boxes, result.probabilities)
+                summary.written.append(write_image_atomic(names.name_for(annotated_name[result.path]), bgr))
     bar.close()
-    summary.seconds = time.perf_counter() - start
+    summary.seconds = watch.elapsed()
     if summary.images:
         summary.written[:0] = write_rows(out, rows, fmt, ["file", "face"])
     return summary
@@ -568,25 +553,22 @@ def predict_video(video, model=None, out="predictions", fmt="both", batch_size=6
     suffix = ".avi" if video.suffix.lower() == ".avi" else ".mp4"
     annotated_path = Path(out) / "annotated" / f"{video.stem}{suffix}"
     writer = None
-    start = time.perf_counter()
+    watch = Stopwatch()
     # The annotated video is written under a temporary name and moved into place once complete.
     target = contextlib.nullcontext() if no_annotate else atomic_path(annotated_path)
     with target as tmp_video, tqdm(total=total, unit="frame", desc="video", disable=not progress) as bar:
         while True:
-            read_start = time.perf_counter()
-            ok, frame = capture.read()
-            summary.timings.read += time.perf_counter() - read_start
+            with summary.timings.timed("read"):
+                ok, frame = capture.read()
             if not ok:
                 break
             frame_index = summary.images
             summary.images += 1
             bar.update()
-            detect_start = time.perf_counter()
-            boxes, crops = find_faces(frame, detector, margin)
-            infer_start = time.perf_counter()
-            summary.timings.detect += infer_start - detect_start
-            probabilities = predictor.probabilities(np.stack(crops)) if crops else np.zeros((0, NUM_CLASSES))
-            summary.timings.infer += time.perf_counter() - infer_start
+            with summary.timings.timed("detect"):
+                boxes, crops = find_faces(frame, detector, margin)
+            with summary.timings.timed("infer"):
+                probabilities = predictor.probabilities(np.stack(crops)) if crops else np.zeros((0, NUM_CLASSES))
             tracked = tracker.update(boxes, probabilities)
             summary.faces += len(boxes)
             summary.no_face += not boxes
@@ -594,11 +576,10 @@ def predict_video(video, model=None, out="predictions", fmt="both", batch_size=6
                                  time_s=round(frame_index / fps, 4), track=track_id)
                         for i, (box, (track_id, smoothed)) in enumerate(zip(boxes, tracked)))
             if not no_annotate:
-                write_start = time.perf_counter()
-                if writer is None:
-                    writer = video_writer(tmp_video, fps, (frame.shape[1], frame.shape[0]))
-                writer.write(annotate(frame, boxes, [p for _, p in tracked], [f"#{t}" for t, _ in tracked]))
-                summary.timings.write += time.perf_counter() - write_start
+                with summary.timings.timed("write"):
+                    if writer is None:
+                        writer = video_writer(tmp_video, fps, (frame.shape[1], frame.shape[0]))
+                    writer.write(annotate(frame, boxes, [p for _, p in tracked], [f"#{t}" for t, _ in tracked]))
         capture.release()
         if writer is not None:
             writer.release()
@@ -607,6 +588,6 @@ def predict_video(video, model=None, out="predictions", fmt="both", batch_size=6
                             "convert it to .mp4 (H.264 or MPEG-4) and try again")
     if not no_annotate:
         summary.written.append(annotated_path)
-    summary.seconds = time.perf_counter() - start
+    summary.seconds = watch.elapsed()
     summary.written[:0] = write_rows(out, rows, fmt, ["file", "frame", "time_s", "track", "face"])
     return summary

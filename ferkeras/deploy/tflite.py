@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ferkeras import NUM_CLASSES
-from ferkeras.deploy.contract import INPUT_SIZE, logits_in_batches, to_contract_input
+from ferkeras.deploy.contract import INPUT_SIZE, Predictor, logits_in_batches, to_contract_input
 from ferkeras.errors import UserError
 
 TFLITE_SUFFIX = ".tflite"
@@ -155,7 +155,7 @@ class TfliteSession:
         return logits_in_batches(self.run_batch, tflite_input, batch_size, self.fixed_batch)
 
 
-class TflitePredictor:
+class TflitePredictor(Predictor):
     """A TFLite contract model scored with LiteRT on `to_tflite_input(faces)` (for ferkeras.evaluate.report)."""
 
     kind = "tflite"

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from ferkeras.errors import UserError, first_line, read_json
+from ferkeras.tables import text_table
 from ferkeras.train.run_folder import run_config
 
 
@@ -75,9 +76,7 @@ def format_comparison(rows):
         r["name"], _text(r["model"]), _text(r["weights"]), _text(r["freeze"]), _text(r["lr_policy"]),
         _text(r["training_mode"]), _text(r["epochs"]), _percent(r["best_val_accuracy"]),
         _percent(r["test_accuracy"])) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-                     for row in table)
+    return text_table(table)
 
 
 def _text(value):

@@ -1,11 +1,11 @@
 """Ensembles: several model files scored as one (`evaluate.py --run a --run b ...`)."""
 import numpy as np
 
-from ferkeras.deploy.contract import softmax
+from ferkeras.deploy.contract import Predictor, softmax
 from ferkeras.train.run_folder import model_file
 
 
-class EnsemblePredictor:
+class EnsemblePredictor(Predictor):
     """Several predictors as one: scores are log of the members' mean softmax, so that a softmax of them
     (what every reader of scores does) is the average of the members' probabilities."""
 

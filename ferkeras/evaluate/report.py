@@ -13,6 +13,7 @@ from ferkeras.evaluate.ensemble import EnsemblePredictor, ensemble_members
 from ferkeras.evaluate.metrics import classification_metrics, vote_distribution
 from ferkeras.evaluate.tta import predict_probabilities
 from ferkeras.models.predictor import load_predictor
+from ferkeras.tables import text_table
 from ferkeras.train.run_folder import model_file, run_config
 
 
@@ -119,9 +120,10 @@ def format_report(report):
     lines.append(f"accuracy {metrics['accuracy']:.2%} | balanced accuracy {metrics['balanced_accuracy']:.2%} | "
                  f"macro F1 {metrics['macro_f1']:.3f} | mean KL(votes || predicted) "
                  + (f"{metrics['mean_kl']:.3f}" if metrics["mean_kl"] is not None else "n/a"))
-    lines.append(f"{'class':<10} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}")
+    per_class = [("class", "precision", "recall", "F1", "support")]
     for name, row in metrics["per_class"].items():
         recall = f"{row['recall']:.3f}" if row["recall"] is not None else "-"
         f1 = f"{row['f1']:.3f}" if row["f1"] is not None else "-"
-        lines.append(f"{name:<10} {row['precision']:>9.3f} {recall:>7} {f1:>6} {row['support']:>8}")
+        per_class.append((name, f"{row['precision']:.3f}", recall, f1, row["support"]))
+    lines.append(text_table(per_class, align="lrrrr", min_widths=(10, 9, 7, 6, 8), gap=" "))
     return "\n".join(lines)

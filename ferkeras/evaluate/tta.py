@@ -1,19 +1,16 @@
 """Test-time augmentation (`--tta`): a face's probabilities averaged over a few views of it."""
-import time
-
 import numpy as np
 
 from ferkeras.deploy.contract import softmax
 from ferkeras.errors import UserError
+from ferkeras.timing import time_calls
 
 
 def timed_logits(predictor, faces):
     """(logits, images per second). A warm-up batch first keeps tracing and session set-up out of the timing."""
-    predictor.logits(faces[:getattr(predictor, "batch_size", 8)])
-    start = time.perf_counter()
-    logits = predictor.logits(faces)
-    elapsed = time.perf_counter() - start
-    return logits, len(faces) / elapsed if elapsed > 0 else float("inf")
+    timed = time_calls(lambda: predictor.logits(faces),
+                       warmup_call=lambda: predictor.logits(faces[:getattr(predictor, "batch_size", 8)]))
+    return timed.result, timed.per_second(len(faces))
 
 
 # Test-time augmentation: the views whose probabilities are averaged. "crops" adds five crops of 90% of

@@ -15,15 +15,16 @@ batch 64, validation accuracy, for both files) is printed and written to `quanti
 This module imports neither TensorFlow nor Keras.
 """
 import json
-import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ferkeras.deploy.contract import ContractSession, check_onnx_contract, load_onnx, to_contract_input
 from ferkeras.errors import UserError, atomic_path, write_text_atomic
+from ferkeras.export.onnx import write_metadata
+from ferkeras.tables import text_table
+from ferkeras.timing import Stopwatch, load_average, time_calls
 
 QUANTIZE_CHOICES = ("int8",)
 # onnxruntime's "entropy" is not offered: quantize_static gives its histogram 128 bins, as many as the
@@ -98,7 +99,7 @@ def calibration_batch_size(count, fixed_batch=None):
     return max(size for size in range(1, CALIBRATION_BATCH + 1) if count % size == 0)
 
 
-class FaceBatches:
+class CalibrationReader:
     """onnxruntime's CalibrationDataReader protocol over prepared contract input, in equal batches
     (a tail shorter than `batch_size` is left out)."""
 
@@ -164,7 +165,7 @@ def quantize_to_proto(float_path, calibration_input, float_info, settings, work_
     quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
     # A model with a fixed batch (the reference takes one face per call) is calibrated at that batch.
     batch_size = calibration_batch_size(len(calibration_input), float_info["batch"])
-    batches = FaceBatches(calibration_input, float_info["input_name"], batch_size)
+    batches = CalibrationReader(calibration_input, float_info["input_name"], batch_size)
     quantize_static(str(prepared), str(quantized), batches, **settings)
     return onnx.load(str(quantized))
 
@@ -174,12 +175,8 @@ def carry_metadata(float_model, int8_model, note, extra):
     entries = {prop.key: prop.value for prop in float_model.metadata_props}
     entries["quantization"] = note
     entries.update(extra)
-    del int8_model.metadata_props[:]
-    for key, value in entries.items():
-        prop = int8_model.metadata_props.add()
-        prop.key, prop.value = key, str(value)
-    int8_model.doc_string = (float_model.doc_string + " " if float_model.doc_string else "") + \
-        "Quantized to int8; see metadata_props['quantization']."
+    write_metadata(int8_model, entries, (float_model.doc_string + " " if float_model.doc_string else "") +
+                   "Quantized to int8; see metadata_props['quantization'].")
 
 
 def top1_agreement(float_logits, int8_logits):
@@ -259,15 +256,11 @@ def time_sessions(sessions, rounds=SPEED_ROUNDS, runs_per_round=LATENCY_RUNS_PER
     rates = {name: [] for name in sessions}
     for _ in range(rounds):
         for name, (session, one, many) in firsts.items():
-            for _ in range(runs_per_round):
-                start = time.perf_counter()
-                session.run_batch(one)
-                latencies[name].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            session.logits(many, batch_size=batch)  # a fixed-batch model is fed its own batch size
-            rates[name].append(len(many) / (time.perf_counter() - start))
-    # The load average tells a reader how busy the machine was: absolute times scale with it.
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+            latencies[name] += time_calls(lambda: session.run_batch(one), runs_per_round, warmup=0).walls
+            # A fixed-batch model is fed its own batch size.
+            rates[name].append(time_calls(lambda: session.logits(many, batch_size=batch), warmup=0)
+                               .per_second(len(many)))
+    load = load_average()
     return {name: {"latency_ms_batch1": float(np.median(latencies[name]) * 1000), "load_average_1min": load,
                    "throughput_batch64": float(np.median(rates[name])),
                    "latency_runs": len(latencies[name]), "throughput_batch": int(len(firsts[name][2])),
@@ -304,8 +297,6 @@ def quantize_command(float_path, out=None, data_dir=None, calibration_faces_coun
     <name>.int8.onnx beside the float one) and quantization.json beside it, print the side-by-side
     table; return the report. Calibration uses training faces of `data_dir`, the check and the scores
     its validation faces. `threads`: onnxruntime threads for the timing (0: one per core)."""
-    from ferkeras.evaluate.report import load_eval_split
-
     check_calibration_options(calibration_faces_count, method)
     float_path = Path(float_path)
     check_onnx_contract(float_path)
@@ -315,18 +306,21 @@ def quantize_command(float_path, out=None, data_dir=None, calibration_faces_coun
     if out_path.resolve() == float_path.resolve():
         raise UserError(f"--out {out_path}: would overwrite the float model; pick another name "
                         f"(default: {int8_path(float_path).name})")
+    # Imported once the options are known to be good: evaluate.report loads TensorFlow, whose start-up
+    # lines would precede the one-line error of a bad option or file.
+    from ferkeras.evaluate.report import load_eval_split
+
     eval_faces = load_eval_split(data_dir, "valid")
     calibration = calibration_faces(data_dir, calibration_faces_count)
     print(f"quantizing {float_path} to int8: calibrating on {len(calibration)} training faces ({method}), "
           f"checking on {len(eval_faces[0])} validation faces ...", flush=True)
-    start = time.perf_counter()
-    result = quantize_int8(float_path, out_path, calibration, to_contract_input(eval_faces[0]), method,
-                           per_channel, min_agreement)
-    seconds = time.perf_counter() - start
+    with Stopwatch() as watch:
+        result = quantize_int8(float_path, out_path, calibration, to_contract_input(eval_faces[0]), method,
+                               per_channel, min_agreement)
     report = {"float": None, "int8": None, "settings": result["settings"], "calibration_faces": len(calibration),
               "calibration_method": method, "per_channel": per_channel,
               "top1_agreement": result["agreement"], "min_agreement": min_agreement,
-              "quantize_and_check_seconds": seconds}
+              "quantize_and_check_seconds": watch.seconds}
     report.update(measure_pair({"float": float_path, "int8": out_path},
                                {"float": result["float_logits"], "int8": result["int8_logits"]}, eval_faces,
                                threads))
@@ -354,14 +348,13 @@ def format_quantization_report(report):
         "latency batch 1 (ms)": float_row["latency_ms_batch1"] / int8_row["latency_ms_batch1"],
         "throughput batch 64 (img/s)": int8_row["throughput_batch64"] / float_row["throughput_batch64"],
     }
-    width = max(len(label) for label, _ in rows)
     load = float_row.get("load_average_1min")
+    table = [("", "float", "int8", "int8 gain")]
+    table += [(label, cell(float_row), cell(int8_row), f"{ratios[label]:.2f}x" if label in ratios else "")
+              for label, cell in rows]
     lines = [f"FER+ valid, {float_row['valid']['n']} faces (majority protocol), onnxruntime CPU"
              + (f" (load average {load:.1f} while timing)" if load is not None else "") + f"; {report['settings']}",
-             f"{'':<{width}}  {'float':>14}  {'int8':>14}  {'int8 gain':>10}"]
-    for label, cell in rows:
-        gain = f"{ratios[label]:.2f}x" if label in ratios else ""
-        lines.append(f"{label:<{width}}  {cell(float_row):>14}  {cell(int8_row):>14}  {gain:>10}")
+             text_table(table, align="lrrr", min_widths=(0, 14, 14, 10))]
     change = (int8_row["valid"]["accuracy"] - float_row["valid"]["accuracy"]) * 100
     lines.append(f"accuracy change {change:+.2f} points; top-1 agreement with float "
                  f"{report['top1_agreement']:.2%} (refused below {report['min_agreement']:.0%})")

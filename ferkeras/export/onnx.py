@@ -99,7 +99,9 @@ def describe_contract(input_name, output_name):
 
 
 def metadata_entries(config, source, input_name, output_name):
-    """Class names, the contract and the training config's essentials, as text keys and values."""
+    """Class names, the contract and the training config's essentials, as text keys and values: the
+    metadata of every exported file (written into an ONNX file by `write_metadata`, restated beside
+    a TFLite file as JSON by ferkeras.export.tflite, carried into an int8 file by ferkeras.export.int8)."""
     entries = describe_contract(input_name, output_name)
     entries.update({f"config.{key}": _text(config[key]) for key in CONFIG_METADATA if key in config})
     entries["source_checkpoint"] = Path(source).name if source else ""
@@ -108,13 +110,18 @@ def metadata_entries(config, source, input_name, output_name):
 
 def add_metadata(proto, config, source, input_name, output_name):
     """Write class names, the contract and the training config's essentials into metadata_props."""
-    entries = metadata_entries(config, source, input_name, output_name)
+    write_metadata(proto, metadata_entries(config, source, input_name, output_name),
+                   "FER+ facial-expression classifier exported by ferkeras; drop-in for emotion-ferplus-8.onnx "
+                   "(see metadata_props for the contract)")
+
+
+def write_metadata(proto, entries, doc_string):
+    """Replace an ONNX model's metadata_props by `entries` (values as text) and set its doc string."""
     del proto.metadata_props[:]
     for key, value in entries.items():
         prop = proto.metadata_props.add()
-        prop.key, prop.value = key, value
-    proto.doc_string = ("FER+ facial-expression classifier exported by ferkeras; drop-in for "
-                        "emotion-ferplus-8.onnx (see metadata_props for the contract)")
+        prop.key, prop.value = key, str(value)
+    proto.doc_string = doc_string
 
 
 def _text(value):

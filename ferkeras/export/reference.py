@@ -6,7 +6,6 @@ so it is fed one face per call. Both models get exactly the same contract input
 (`to_contract_input` of the same faces), so any difference in the numbers is the models'.
 """
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,8 @@ from ferkeras import CLASSES
 from ferkeras.deploy.contract import ContractSession, check_onnx_contract, to_contract_input
 from ferkeras.deploy.downloads import file_sha256
 from ferkeras.errors import UserError, write_text_atomic
+from ferkeras.tables import text_table
+from ferkeras.timing import time_calls
 
 # Published files, by Model Zoo version: (size in bytes, sha256).
 KNOWN_REFERENCES = {
@@ -48,21 +49,14 @@ def identify_reference(path):
 def latency_ms(session, repeats=LATENCY_REPEATS):
     """Median milliseconds for one face at batch 1 (after a warm-up call)."""
     face = np.full((1, 1, 64, 64), 128.0, dtype=np.float32)
-    session.run_batch(face)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run_batch(face)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
+    return time_calls(lambda: session.run_batch(face), repeats).median * 1000
 
 
 def throughput(session, contract_input, batch=THROUGHPUT_BATCH):
     """Images per second over the faces fed `batch` at a time (one at a time for a fixed batch of 1)."""
-    session.logits(contract_input[:batch], batch_size=batch)  # warm-up
-    start = time.perf_counter()
-    session.logits(contract_input, batch_size=batch)
-    return len(contract_input) / (time.perf_counter() - start)
+    return time_calls(lambda: session.logits(contract_input, batch_size=batch),
+                      warmup_call=lambda: session.logits(contract_input[:batch], batch_size=batch)
+                      ).per_second(len(contract_input))
 
 
 # ----------------------------------------------------------------------------- side by side
@@ -101,14 +95,16 @@ def check_reference(reference, ours=None, data_dir=None, split="valid", out_dir=
 
     `faces` = (faces, labels, vote distributions) replaces loading the split (for tests).
     """
-    from ferkeras.evaluate.report import load_eval_split
-    from ferkeras.evaluate.plots import plot_reference_check
-
     identity = identify_reference(reference)
     if identity["warning"]:
         print(f"warning: {identity['warning']}")
     ref_info = check_onnx_contract(reference, expect_names=True)
     our_info = check_onnx_contract(ours) if ours else None
+    # Imported once the files are known to be good: evaluate.report loads TensorFlow, whose start-up
+    # lines would precede the one-line error of a bad file.
+    from ferkeras.evaluate.plots import plot_reference_check
+    from ferkeras.evaluate.report import load_eval_split
+
     images, labels, vote_dist = faces if faces is not None else load_eval_split(data_dir, split)
     contract_input = to_contract_input(images)
     report = {"split": split, "faces": int(len(labels)), "reference": None, "ours": None}
@@ -150,12 +146,10 @@ def format_reference_report(report):
               else f"{r['metrics']['per_class'][c]['f1']:.3f}") for c in CLASSES]
     rows += [("latency batch 1 (ms)", lambda r: f"{r['latency_ms_batch1']:.2f}"),
              ("throughput batch 64 (img/s)", lambda r: f"{r['throughput_batch64']:.0f}")]
-    cells = [(label, [cell(report[n]) for n in names]) for label, cell in rows]
-    width = max(len(label) for label, _ in cells)
-    column = max(14, *(len(value) for _, values in cells for value in values))
+    table = [("", *names)] + [(label, *(cell(report[n]) for n in names)) for label, cell in rows]
+    column = max(14, *(len(value) for row in table for value in row[1:]))  # one width for both models
     lines = [f"FER+ {report['split']}, {report['faces']} faces (majority protocol), onnxruntime CPU",
-             f"{'':<{width}}  " + "  ".join(f"{n:>{column}}" for n in names)]
-    lines += [f"{label:<{width}}  " + "  ".join(f"{v:>{column}}" for v in values) for label, values in cells]
+             text_table(table, align="l" + "r" * len(names), min_widths=(0,) + (column,) * len(names))]
     if report.get("agreement") is not None:
         lines.append(f"top-1 agreement: {report['agreement']:.2%} "
                      f"({int(np.sum(report['disagreement']))} faces differ; rows reference, columns ours "

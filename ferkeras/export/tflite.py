@@ -26,7 +26,6 @@ leaves no file behind.
 """
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ from ferkeras.errors import UserError, atomic_path, write_text_atomic
 from ferkeras.export.onnx import check_keras_model, check_scores_parity, copy_checkpoint, export_source, metadata_entries, \
     parity_faces
 from ferkeras.export.int8 import DEFAULT_CALIBRATION_FACES, MIN_AGREEMENT, calibration_faces, int8_path
+from ferkeras.timing import Stopwatch
 from ferkeras.deploy.tflite import TFLITE_SUFFIX, TfliteSession, check_tflite_contract, make_interpreter, sidecar_path, \
     to_tflite_input
 
@@ -194,12 +194,12 @@ def export_tflite_command(run=None, model=None, checkpoint="best_acc", out=None,
     targets = [(out_path, None)] + ([(int8_path(out_path), FULL_INT8)] if quantize is not None else [])
     reports = {}
     for path, scheme in targets:
-        start = time.perf_counter()
-        reports[path.name] = export_tflite(keras_model, path, config, source, data_dir=data_dir, scheme=scheme,
-                                           calibration=calibration if scheme else None,
-                                           min_agreement=min_agreement, input_name=input_name,
-                                           output_name=output_name)
-        print_written(path, reports[path.name], time.perf_counter() - start)
+        with Stopwatch() as watch:
+            reports[path.name] = export_tflite(keras_model, path, config, source, data_dir=data_dir, scheme=scheme,
+                                               calibration=calibration if scheme else None,
+                                               min_agreement=min_agreement, input_name=input_name,
+                                               output_name=output_name)
+        print_written(path, reports[path.name], watch.seconds)
     copy_checkpoint(source, out_path.with_name("model.keras"))
     print(f"wrote {out_path.with_name('model.keras')}")
     return {"tflite": str(out_path), "int8": str(int8_path(out_path)) if quantize is not None else None,

@@ -106,7 +106,7 @@ def load_legacy_h5(model, path, allow_partial=False, head_layers=HEAD_LAYERS):
     file_layers = _read_file_layers(path)
     report, assignments = _plan_load(model, file_layers, path, set(head_layers))
     if not report.loaded:
-        raise UserError(f"{path}: none of the {len(_layers_with_weights(model))} layers of {model.name} with "
+        raise UserError(f"{path}: none of the {len(layers_with_weights(model))} layers of {model.name} with "
                         f"weights is in the file (file layers: {_first_names(list(file_layers))}); give the "
                         "weights file of this backbone")
     if not report.complete and not allow_partial:
@@ -123,7 +123,7 @@ def _plan_load(model, file_layers, path, head_layers):
     report = LoadReport(path)
     assignments = []
     model_names = set()
-    for layer in _layers_with_weights(model):
+    for layer in layers_with_weights(model):
         name = legacy_layer_name(layer.name)
         model_names.add(name)
         if name not in file_layers:
@@ -221,7 +221,8 @@ def _string_list_attr(group, name):
     return [value.decode("utf8") if isinstance(value, bytes) else str(value) for value in values]
 
 
-def _layers_with_weights(model):
+def layers_with_weights(model):
+    """The layers of `model` that hold weights, in order (what a weights file is matched against)."""
     return [layer for layer in model.layers if layer.weights]
 
 

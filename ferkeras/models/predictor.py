@@ -1,4 +1,5 @@
-"""Model files as predictors: one method, `logits(faces)`, whatever runs the file.
+"""Model files as predictors: `logits(faces)`, `probabilities(faces)`, `describe()` and `batch_size`
+(`ferkeras.deploy.contract.Predictor`), whatever runs the file.
 
 `load_predictor(path)` picks the runtime by suffix: Keras for .keras (here), onnxruntime for .onnx
 (`ferkeras.deploy.contract.OnnxPredictor`), a TFLite interpreter for .tflite
@@ -9,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ferkeras.deploy.contract import OnnxPredictor, check_class_count, check_finite_scores
+from ferkeras.deploy.contract import OnnxPredictor, Predictor, check_class_count, check_finite_scores
 from ferkeras.errors import UserError
 
 
-class KerasPredictor:
+class KerasPredictor(Predictor):
     """A ferkeras Keras model: raw faces 0..255 (N, H, W, 1) in, 8 logits out."""
 
     kind = "keras"

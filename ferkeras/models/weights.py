@@ -9,6 +9,7 @@ import keras
 
 from ferkeras.errors import UserError, first_line
 from ferkeras.models.backbones import import_face_backbones
+from ferkeras.models.legacy_h5 import layers_with_weights
 
 # keras.applications.ResNet50(weights="imagenet")'s file, address and checksum: a copy Keras downloaded
 # once serves us too, and vice versa. (The face backbones' files are found by their own modules.)
@@ -90,7 +91,7 @@ def _load_keras_file_by_name(model, path, allow_partial):
     saved = load_model_file(path)
     saved_layers = {layer.name: layer for layer in saved.layers}
     loaded, unmatched = 0, []
-    for layer in _layers_with_weights(model):
+    for layer in layers_with_weights(model):
         source = saved_layers.get(layer.name)
         if source is None or _weight_shapes(source) != _weight_shapes(layer):
             unmatched.append(layer.name)
@@ -143,10 +144,6 @@ def _matching_report(path, loaded, unmatched, allow_partial, how):
     missing = f"; {len(unmatched)} kept their initial weights (first: {', '.join(unmatched[:3])})" \
         if unmatched else ""
     return f"{path}: loaded {loaded} of {total} layers {how}{missing}"
-
-
-def _layers_with_weights(model):
-    return [layer for layer in model.layers if layer.weights]
 
 
 def _weight_shapes(layer):

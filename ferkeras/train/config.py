@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from ferkeras.errors import UserError, read_text
+from ferkeras.tables import markdown_table
 
 
 @dataclass(frozen=True)
@@ -378,10 +379,10 @@ def read_config(path):
 
 def options_markdown():
     """The option table as the Markdown table in docs/training.md (a test keeps the two the same)."""
-    rows = ["| flag | default | meaning |", "|---|---|---|"]
+    rows = []
     for opt in OPTIONS:
         default = "" if opt.default is None else ("off" if opt.default is False else f"`{opt.default}`")
         choices = f" ({' / '.join(opt.choices)})" if opt.choices else ""
         repeat = " (repeatable)" if opt.multiple else ""
-        rows.append(f"| `--{opt.name}`{repeat} | {default} | {opt.help.replace('|', '/')}{choices} |")
-    return "\n".join(rows) + "\n"
+        rows.append((f"`--{opt.name}`{repeat}", default, f"{opt.help.replace('|', '/')}{choices}"))
+    return markdown_table(("flag", "default", "meaning"), rows) + "\n"

@@ -35,7 +35,6 @@ from ferkeras.models.weights import load_model_file
 from ferkeras.data.batches import FaceBatches, class_weight_vector
 from ferkeras.train.plots import plot_training_curves
 
-CHECKPOINTS = ("best_acc", "best_loss", "last")
 # Options that may change when a run is resumed; anything else would make a different experiment.
 RESUMABLE = ("nepochs", "early_stopping_patience", "output_dir", "data_dir", "strategy")
 # Written into a new run folder, removed once its first epoch is saved: which process is starting it.

@@ -15,7 +15,6 @@ from keras import layers
 from ferkeras.errors import UserError
 from ferkeras.models.backbones import WEIGHTS_DIR_ENV, find_weights_file, given_weights_file, keras_home, shown_dirs
 
-DEFAULT_IMAGE_SIZE = 160
 PREPROCESSING = "facenet"
 WEIGHTS_FILE = "facenet_keras.h5"
 CACHE_SUBDIR = "models"

@@ -14,7 +14,7 @@ The builders here reproduce those graphs layer for layer, on a tensor the caller
   summary, so `--freeze_before -51` freezes exactly what it froze there (all up to activation_36).
 
 Inputs are what keras-vggface's `preprocess_input(version=2)` produces: BGR pixels minus
-`VGGFACE2_MEANS_BGR`, which ferkeras' FacePreprocess layer ("vggface2" mode) computes inside the graph.
+`ferkeras.models.preprocess.VGGFACE2_BGR_MEANS`, which ferkeras' FacePreprocess layer ("vggface2" mode) computes inside the graph.
 """
 import collections
 from pathlib import Path
@@ -26,8 +26,6 @@ from ferkeras.errors import UserError
 from ferkeras.models.legacy_h5 import keras_layer_name
 from ferkeras.models.backbones import WEIGHTS_DIR_ENV, find_weights_file, given_weights_file, keras_home, shown_dirs
 
-VGGFACE2_MEANS_BGR = (91.4953, 103.8827, 131.0912)  # keras-vggface utils.preprocess_input, version=2
-DEFAULT_IMAGE_SIZE = 224
 PREPROCESSING = "vggface2"
 
 _RELEASE_URL = "https://github.com/rcmalli/keras-vggface/releases/download/v2.0/"
