@@ -3,23 +3,23 @@ from pathlib import Path
 
 from ferkeras.errors import UserError, first_line, read_json
 from ferkeras.tables import text_table
-from ferkeras.train.run_folder import run_config
+from ferkeras.train.run_folder import RunFolder, run_config
 
 
 def run_summary(run_dir):
     """One row of the comparison table from a run folder's config.yaml, state.json, training.csv and
     eval_test.json (missing pieces become None)."""
-    run_dir = Path(run_dir)
+    run_dir, folder = Path(run_dir), RunFolder(run_dir)
     config = run_config(run_dir)
-    state = _read_json(run_dir / "state.json")
-    history = _read_history(run_dir / "training.csv")
+    state = _read_json(folder.state_file)
+    history = _read_history(folder.history_file)
     if history is not None and "val_accuracy" not in history:
         history = None
     best_val = state.get("best_val_accuracy")
     if best_val is None and history is not None and len(history):
         best_val = float(history["val_accuracy"].max())
     epochs = state.get("epoch", len(history) if history is not None else None)
-    test = _read_json(run_dir / "eval_test.json").get("metrics", {}).get("accuracy")
+    test = _read_json(folder.eval_report("test")).get("metrics", {}).get("accuracy")
     return {
         "name": run_dir.name, "model": config.get("model_name"), "weights": config.get("weights"),
         "freeze": config.get("freeze_before"), "lr_policy": config.get("lr_policy"),
@@ -56,8 +56,9 @@ def compare_runs(run_dirs, out="compare.png"):
     for run_dir in map(Path, run_dirs):
         if not run_dir.exists():
             raise UserError(f"{run_dir}: no such run folder; give folders made by train.py (runs/*)")
-        if not (run_dir / "config.yaml").is_file():
-            print(f"skipping {run_dir}: not a run folder (no config.yaml)")
+        config_file = RunFolder(run_dir).config_file
+        if not config_file.is_file():
+            print(f"skipping {run_dir}: not a run folder (no {config_file.name})")
             continue
         rows.append(run_summary(run_dir))
     if not rows:

@@ -14,7 +14,7 @@ from ferkeras.evaluate.metrics import classification_metrics, vote_distribution
 from ferkeras.evaluate.tta import predict_probabilities
 from ferkeras.models.predictor import load_predictor
 from ferkeras.tables import text_table
-from ferkeras.train.run_folder import model_file, run_config
+from ferkeras.train.run_folder import RunFolder, model_file, run_config
 
 
 def load_eval_split(data_dir, split):
@@ -93,7 +93,8 @@ def _write_report(report, out_dir, split, label):
     """eval_<split>.json and confusion_<split>.png in out_dir, and the report printed."""
     from ferkeras.evaluate.plots import plot_confusion
 
-    json_path, png_path = out_dir / f"eval_{split}.json", out_dir / f"confusion_{split}.png"
+    folder = RunFolder(out_dir)  # named as in a run folder wherever they go (beside --model, in --out)
+    json_path, png_path = folder.eval_report(split), folder.confusion_picture(split)
     write_text_atomic(json_path, json.dumps(report, indent=2))
     tta = report["tta"]
     title = f"{label} on {split}: accuracy {report['metrics']['accuracy']:.2%}" + \

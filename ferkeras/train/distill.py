@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ferkeras.data.augment import build_augmenter
 from ferkeras.errors import UserError, write_text_atomic
 from ferkeras.models.predictor import load_predictor
-from ferkeras.train.run_folder import model_file
+from ferkeras.train.run_folder import RunFolder, model_file
 from ferkeras.deploy.contract import softmax
 from ferkeras.train.frozen_cache import view_of
 from ferkeras.data.batches import FaceBatches
@@ -78,8 +78,8 @@ def teacher_probabilities(files, views, temperature):
 
 def cached_teacher_probabilities(config, views, run_dir):
     """The teachers' probabilities, read from the run folder when an earlier start of this run made them."""
-    folder = Path(run_dir) / "distill"
-    probs_path, meta_path = folder / "teacher_probs.npy", folder / "meta.json"
+    folder = RunFolder(run_dir)
+    probs_path, meta_path = folder.teacher_probs_file, folder.distill_meta_file
     files = teacher_files(config["teacher"])
     meta = {"teachers": [str(f) for f in files], "views": int(len(views)), "faces": int(views.shape[1]),
             "temperature": config["distill_temperature"], "seed": config["seed"], "augment": config["augment"]}
@@ -91,7 +91,7 @@ def cached_teacher_probabilities(config, views, run_dir):
         except (ValueError, OSError):
             pass  # a damaged record is made again below
     probs = teacher_probabilities(files, views, config["distill_temperature"])
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.distill_dir.mkdir(parents=True, exist_ok=True)
     tmp = probs_path.with_name(f".{probs_path.stem}.tmp.npy")
     np.save(tmp, probs)
     tmp.replace(probs_path)

@@ -23,11 +23,10 @@ from pathlib import Path
 import keras
 
 from ferkeras.errors import UserError
+from ferkeras.train.run_folder import RunFolder
 
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 PRECISION_POLICIES = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
-# What a non-chief worker copies from the chief's run folder to resume: all that --resume reads.
-RESUME_FILES = ("config.yaml", "state.json", "training.csv", "checkpoints/last.keras")
 
 
 # ----------------------------------------------------------------------------- strategies
@@ -149,15 +148,17 @@ def worker_config(config, placement):
 
 
 def _copy_chief_run(chief_dir, mine):
-    for relative in RESUME_FILES:
-        source = chief_dir / relative
+    """Copy what --resume reads (`RunFolder.resume_files`) from the chief's run folder into `mine`."""
+    chief = RunFolder(chief_dir)
+    for source in chief.resume_files():
         if not source.is_file():
-            if relative == "training.csv":
+            if source == chief.history_file:
                 continue
             raise UserError(f"{source}: a non-chief worker cannot read the chief's run to resume it; put the "
                             "run folder on storage every worker sees (or copy it to the same path on each)")
-        (mine / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, mine / relative)
+        target = Path(mine) / chief.relative(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
 
 
 def prepare_fit(model, batches, placement):

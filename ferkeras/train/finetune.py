@@ -14,16 +14,16 @@ import numpy as np
 from ferkeras.data.ferplus import load_labelled, resolve_data_dir
 from ferkeras.errors import UserError, read_json, write_text_atomic
 from ferkeras.data.user_faces import load_user_faces
+from ferkeras.train.run_folder import RunFolder
 
 
 def finetune_source(spec):
     """The checkpoint to start from: a run folder's best_acc.keras, or a .keras file itself."""
-    path = Path(spec)
-    if path.is_dir():
-        path = path / "checkpoints" / "best_acc.keras"
+    folder = RunFolder(spec)
+    path = folder.checkpoint("best_acc") if folder.exists() else Path(spec)
     if not path.is_file() or path.suffix != ".keras":
         raise UserError(f"--finetune_from {spec}: expected a run folder made by train.py (with "
-                        "checkpoints/best_acc.keras) or a .keras file")
+                        f"{folder.relative(folder.checkpoint('best_acc'))}) or a .keras file")
     return path
 
 
@@ -66,7 +66,7 @@ def holdout_accuracy(model, holdout):
 
 def accuracy_before(model, holdout, run_dir):
     """The holdout accuracy of the starting model; kept in finetune.json so that --resume reports it too."""
-    report = Path(run_dir) / "finetune.json"
+    report = RunFolder(run_dir).finetune_report
     saved = read_json(report, "fine-tuning report")
     if saved is not None:
         if not isinstance(saved, dict) or not isinstance(saved.get("holdout_accuracy_before"), (int, float)):
@@ -82,6 +82,6 @@ def record(run_dir, source, before, after, holdout):
     """Print and keep (finetune.json) the holdout accuracy before and after fine-tuning."""
     report = {"finetune_from": str(source), "holdout_faces": len(holdout[0]),
               "holdout_accuracy_before": before, "holdout_accuracy_after": after}
-    write_text_atomic(Path(run_dir) / "finetune.json", json.dumps(report, indent=2))
+    write_text_atomic(RunFolder(run_dir).finetune_report, json.dumps(report, indent=2))
     print(f"your held-out faces ({len(holdout[0])}): accuracy {before:.1%} before, {after:.1%} after fine-tuning")
     return report

@@ -19,7 +19,6 @@ import contextlib
 import json
 import math
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from ferkeras.data.augment import build_augmenter
 from ferkeras.errors import UserError, atomic_path, write_text_atomic
 from ferkeras.data.batches import FaceBatches
+from ferkeras.train.run_folder import RunFolder
 
 CACHE_BATCH = 128
 # Fields of the configuration that decide what the cached tensors hold: a memory-mapped cache made
@@ -128,14 +128,14 @@ def train_cache(prefix, images, config, run_dir):
     if size <= config["cache_ram_gb"] * 2**30:
         print(f"cache: {size / 2**30:.2f} GiB of frozen-prefix outputs in RAM")
         return compute_views(prefix, images, views, config["seed"], [np.zeros(s, np.float16) for s in shapes])
-    return _memmapped_cache(prefix, images, config, Path(run_dir) / "cache", shapes, size)
+    return _memmapped_cache(prefix, images, config, RunFolder(run_dir), shapes, size)
 
 
-def _memmapped_cache(prefix, images, config, cache_dir, shapes, size):
+def _memmapped_cache(prefix, images, config, folder, shapes, size):
     key = {field: config.get(field) for field in CACHE_KEY_FIELDS}
     key["shapes"] = [list(s) for s in shapes]
-    meta_path = cache_dir / "meta.json"
-    files = [cache_dir / f"train_views_{i}.npy" for i in range(len(shapes))]
+    cache_dir, meta_path = folder.cache_dir, folder.cache_meta_file
+    files = [folder.cache_views_file(i) for i in range(len(shapes))]
     if _stored_key(meta_path) == key and all(f.is_file() for f in files):
         print(f"cache: reusing {size / 2**30:.2f} GiB in {cache_dir}")
         return [np.load(f, mmap_mode="r") for f in files]

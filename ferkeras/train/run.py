@@ -1,13 +1,6 @@
 """Fine-tune a model on FER+: run folder, data, model, optimiser, learning-rate policy, checkpoints, resume.
 
-A run folder holds everything a run made:
-
-    runs/<name>/config.yaml         resolved configuration (how to make this run again)
-    runs/<name>/checkpoints/        best_acc.keras, best_loss.keras, last.keras (with optimiser state)
-    runs/<name>/state.json          completed epochs, best scores, callback counters (for --resume)
-    runs/<name>/training.csv        one row per epoch
-    runs/<name>/curves.png          loss, accuracy and learning rate per epoch
-    runs/<name>/tensorboard/        TensorBoard logs
+A run folder (runs/<name>) holds everything a run made; its layout is `ferkeras.train.run_folder.RunFolder`.
 """
 import functools
 import json
@@ -25,7 +18,7 @@ import numpy as np
 
 from ferkeras.train import distill, distribute, finetune, frozen_cache
 from ferkeras.data.augment import build_augmenter
-from ferkeras.train.config import OPTIONS, read_config, save_config
+from ferkeras.train.config import OPTIONS, save_config
 from ferkeras.data.ferplus import load_labelled, resolve_data_dir, summary_line
 from ferkeras.errors import UserError, atomic_path, check_output_folder, read_json, sweep_stale_temporaries, write_text_atomic
 from ferkeras.models.losses import loss_for_mode
@@ -34,11 +27,10 @@ from ferkeras.models.registry import build_model
 from ferkeras.models.weights import load_model_file
 from ferkeras.data.batches import FaceBatches, class_weight_vector
 from ferkeras.train.plots import plot_training_curves
+from ferkeras.train.run_folder import RunFolder
 
 # Options that may change when a run is resumed; anything else would make a different experiment.
 RESUMABLE = ("nepochs", "early_stopping_patience", "output_dir", "data_dir", "strategy")
-# Written into a new run folder, removed once its first epoch is saved: which process is starting it.
-OWNER_FILE = ".started_by.json"
 # Run folders this process created (see `_removes_unstarted_run`).
 _created_run_dirs = []
 
@@ -73,23 +65,24 @@ def plan_run(config, explicit=()):
 def create_run_dir(config, run_dir):
     if run_dir.exists():
         shutil.rmtree(run_dir)  # --overwrite, or a run that died before its first epoch (plan_run)
-    (run_dir / "checkpoints").mkdir(parents=True)
-    write_text_atomic(run_dir / OWNER_FILE, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    folder = RunFolder(run_dir)
+    folder.checkpoints_dir.mkdir(parents=True)
+    # Which process is starting the run (see _abandoned_before_first_epoch); removed once an epoch is saved.
+    write_text_atomic(folder.owner_file, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
     _created_run_dirs.append(run_dir)
-    save_config(config, run_dir / "config.yaml")
+    save_config(config, folder.config_file)
 
 
 def _started(run_dir):
-    """A run is started (and resumable) once its first epoch's checkpoint and state.json are written."""
-    return (run_dir / "state.json").is_file()
+    return RunFolder(run_dir).started()
 
 
 def _abandoned_before_first_epoch(run_dir):
     """True for a ferkeras run folder without a finished epoch whose starting process is gone."""
-    if _started(run_dir) or not (run_dir / "config.yaml").is_file():
+    if _started(run_dir) or not RunFolder(run_dir).config_file.is_file():
         return False
     try:
-        owner = read_json(run_dir / OWNER_FILE) or {}
+        owner = read_json(RunFolder(run_dir).owner_file) or {}
     except UserError:
         owner = {}
     pid, host = owner.get("pid"), owner.get("host")
@@ -135,16 +128,17 @@ def _reopen_run(config, explicit):
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run to resume; check --name and --output_dir (the run folder is "
                         "<output_dir>/<name>), or drop --resume to start a new run")
-    state_path, last = run_dir / "state.json", run_dir / "checkpoints" / "last.keras"
+    folder = RunFolder(run_dir)
+    state_path, last = folder.state_file, folder.checkpoint("last")
     if not last.is_file() or not state_path.is_file():
-        if (run_dir / "config.yaml").is_file() and not state_path.is_file():
+        if folder.config_file.is_file() and not state_path.is_file():
             raise UserError(f"{run_dir}: the run stopped before its first epoch ended, so there is nothing to "
                             "resume; run the same command without --resume (the unfinished folder is replaced)")
-        raise UserError(f"{run_dir}: nothing to resume (no checkpoints/last.keras and state.json); start it "
-                        "again with --overwrite")
+        raise UserError(f"{run_dir}: nothing to resume (no {folder.relative(last)} and "
+                        f"{folder.relative(state_path)}); start it again with --overwrite")
     saved = {opt.name: opt.default for opt in OPTIONS}  # options added since the run was made
-    saved.update(read_config(run_dir / "config.yaml"))
-    state = _read_state(state_path)
+    saved.update(folder.read_config())
+    state = folder.read_state()
     _check_checkpoint(last)
     changed = sorted(k for k in explicit if k not in RESUMABLE + ("resume", "name", "config")
                      and saved.get(k) != config[k])
@@ -154,18 +148,9 @@ def _reopen_run(config, explicit):
     saved.update({k: config[k] for k in explicit if k in RESUMABLE})
     saved["resume"] = True
     sweep_stale_temporaries(run_dir, recursive=True)  # left by a kill during a checkpoint or a cache
-    save_config({**saved, "resume": False}, run_dir / "config.yaml")
-    _truncate_history(run_dir / "training.csv", state["epoch"])
+    save_config({**saved, "resume": False}, folder.config_file)
+    _truncate_history(folder.history_file, state["epoch"])
     return saved, run_dir, state
-
-
-def _read_state(state_path):
-    state = read_json(state_path, "run state")
-    epoch = state.get("epoch") if isinstance(state, dict) else None
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
-        raise UserError(f"{state_path}: the run state is damaged (no completed epoch count); restore it from a "
-                        "copy of the run folder, or start the run again with --overwrite")
-    return state
 
 
 def _check_checkpoint(path):
@@ -375,6 +360,7 @@ class RunRecorder(keras.callbacks.Callback):
         # With --cache_frozen, fit trains a suffix model; the checkpoints hold the whole model.
         self.full_model = full_model
         self.run_dir, self.config = Path(run_dir), config
+        self.folder = RunFolder(run_dir)
         self.stateful = stateful_callbacks
         self.best_acc = state.get("best_val_accuracy") or -np.inf
         self.best_loss = state.get("best_val_loss") or np.inf
@@ -406,7 +392,7 @@ class RunRecorder(keras.callbacks.Callback):
             self.best_loss = logs["val_loss"]
             saved.append(self._copy_last("best_loss"))
         self._write_state(epoch + 1, finished=False)
-        plot_training_curves(self.run_dir / "training.csv", self.run_dir / "curves.png", title=self.config["name"])
+        plot_training_curves(self.folder.history_file, self.folder.curves_file, title=self.config["name"])
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         print(f"epoch {epoch + 1}/{self.config['nepochs']}: loss {logs.get('loss', np.nan):.4f} "
               f"acc {logs.get('accuracy', np.nan):.4f} | val_loss {logs.get('val_loss', np.nan):.4f} "
@@ -415,7 +401,7 @@ class RunRecorder(keras.callbacks.Callback):
               + (f" | saved {', '.join(saved)}" if saved else ""), flush=True)
 
     def _checkpoint(self, which):
-        return self.run_dir / "checkpoints" / f"{which}.keras"
+        return self.folder.checkpoint(which)
 
     def _save_last(self):
         model = self.full_model or self.model
@@ -449,8 +435,8 @@ class RunRecorder(keras.callbacks.Callback):
                  "best_val_loss": _plain(self.best_loss), "best_epoch": self.best_epoch,
                  "finished": finished, "callbacks": counters,
                  "random_state": seed_states(self.full_model or self.model)}
-        write_text_atomic(self.run_dir / "state.json", json.dumps(state, indent=2))
-        (self.run_dir / OWNER_FILE).unlink(missing_ok=True)  # started: resumable from now on
+        write_text_atomic(self.folder.state_file, json.dumps(state, indent=2))
+        self.folder.owner_file.unlink(missing_ok=True)  # started: resumable from now on
 
     def finish(self, epochs_done):
         self._write_state(epochs_done, finished=True)
@@ -527,9 +513,9 @@ def callbacks_for(config, run_dir, state, model=None):
     # scores the averaged weights (swapped in for each validation pass).
     ema = [ValidateWithEMA()] if config.get("ema") else []
     callbacks = [StopOnNonFiniteLoss(config, run_dir), *ema, *stateful.values(), *warmup,
-                 keras.callbacks.CSVLogger(str(run_dir / "training.csv"), append=True), recorder]
+                 keras.callbacks.CSVLogger(str(RunFolder(run_dir).history_file), append=True), recorder]
     if keras.backend.backend() == "tensorflow":
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(RunFolder(run_dir).tensorboard_dir)))
     return callbacks, recorder
 
 
@@ -554,7 +540,7 @@ def train(config, explicit=()):
     # Variables (model, optimiser, metrics) must be made under the strategy and the dtype policy.
     with placement.scope(), distribute.precision_policy(config):
         if initial_epoch:
-            model = load_model_file(run_dir / "checkpoints" / "last.keras", compile=True)
+            model = load_model_file(RunFolder(run_dir).checkpoint("last"), compile=True)
             if config.get("ema"):
                 swap_ema_weights(model)  # the checkpoint holds the average as the model's weights
             print(f"resuming {run_dir} after epoch {initial_epoch}")
