@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ferkeras.train.config import resolve
+from ferkeras.train.config import Config, resolve
 from ferkeras.errors import UserError
 from ferkeras.models.losses import MultiTargetLoss
 from ferkeras.train.run import scheduled_lr, train
@@ -79,7 +79,7 @@ def test_existing_run_is_refused_without_overwrite(small_ferplus, tmp_path, trai
     result, _ = trained_run
     config, explicit = resolve(["--data_dir", str(small_ferplus), "--output_dir", str(tmp_path / "x"),
                                 "--name", "learns", *TINY])
-    config["output_dir"] = str(Path(result["run_dir"]).parent)
+    config = config.replace(output_dir=str(Path(result["run_dir"]).parent))
     with pytest.raises(UserError, match="a run of that name exists"):
         train(config, explicit)
 
@@ -112,12 +112,12 @@ def test_resume_continues_the_run_as_if_uninterrupted_and_refuses_a_changed_expe
 
 
 def test_learning_rate_policies():
-    config = {"init_lr": 0.1, "nepochs": 10, "lr_decay_epochs": 3, "lr_decay_factor": 0.1}
-    step = [scheduled_lr({**config, "lr_policy": "step"}, e) for e in range(7)]
+    config = Config(init_lr=0.1, nepochs=10, lr_decay_epochs=3, lr_decay_factor=0.1)
+    step = [scheduled_lr(config.replace(lr_policy="step"), e) for e in range(7)]
     assert step == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001])
-    cosine = [scheduled_lr({**config, "lr_policy": "cosine"}, e) for e in (0, 5, 10)]
+    cosine = [scheduled_lr(config.replace(lr_policy="cosine"), e) for e in (0, 5, 10)]
     assert cosine == pytest.approx([0.1, 0.05, 0.0])
-    assert scheduled_lr({**config, "lr_policy": "constant"}, 9) == 0.1
+    assert scheduled_lr(config.replace(lr_policy="constant"), 9) == 0.1
 
 
 def test_multi_target_loss_is_minus_log_of_mass_on_target_classes():

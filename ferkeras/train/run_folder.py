@@ -46,11 +46,11 @@ def model_file(run=None, model=None, checkpoint="best_acc"):
 
 
 def run_config(run):
-    """The run's config.yaml as a dict, or {} without a run."""
+    """The run's config.yaml as a `train.config.Config`, or None without a run."""
     from ferkeras.train.config import read_config
 
     if not run:
-        return {}
+        return None
     if not Path(run).is_dir():
         raise UserError(f"{run}: no such run folder; give a folder made by train.py (runs/<name>)")
     return read_config(Path(run) / "config.yaml")
