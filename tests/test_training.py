@@ -7,14 +7,16 @@ test_frozen_cache.py, test_recipes.py and test_models.py.
 """
 import json
 import math
+import shutil
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from ferkeras.train.config import Config, resolve
+from ferkeras.train.config import OPTIONS, Config, resolve
 from ferkeras.errors import UserError
 from ferkeras.models.losses import MultiTargetLoss
 from ferkeras.train.run import scheduled_lr, train
@@ -109,6 +111,28 @@ def test_resume_continues_the_run_as_if_uninterrupted_and_refuses_a_changed_expe
     # The resumed run is the uninterrupted one, bit for bit: same weights, optimiser state, BatchNorm
     # statistics and batches in the same order (any of them left behind would change epoch 2).
     assert_same_run(second["run_dir"], straight["run_dir"])
+
+
+# Options that a config.yaml written before ferkeras had them lacks (runs/fernet_s's, for one).
+NEWER_OPTIONS = ("erasing", "mix", "mix_alpha", "teacher", "distill_alpha", "distill_temperature", "distill_views",
+                 "detector", "label_smoothing", "ema")
+
+
+def test_a_run_folder_of_an_older_version_resumes_and_keeps_what_it_does_not_know(trained_run, tmp_path):
+    result, _ = trained_run
+    copy = shutil.copytree(result["run_dir"], tmp_path / "runs" / "learns")
+    saved = yaml.safe_load((copy / "config.yaml").read_text())
+    old = {key: value for key, value in saved.items() if key not in NEWER_OPTIONS}
+    (copy / "config.yaml").write_text(yaml.safe_dump({**old, "option_of_another_version": "kept"}, sort_keys=False))
+    epochs = result["epochs"] + 1
+    config, explicit = resolve(["--output_dir", str(copy.parent), "--name", "learns", "--resume",
+                                "--nepochs", str(epochs)])
+    assert train(config, explicit)["epochs"] == epochs
+    written = yaml.safe_load((copy / "config.yaml").read_text())
+    # The options added since get their defaults (those the run was made with); the unknown key stays.
+    assert list(written) == [opt.name for opt in OPTIONS] + ["option_of_another_version"]
+    assert written == {**saved, "output_dir": str(copy.parent), "nepochs": epochs, "option_of_another_version": "kept"}
+    assert len(pd.read_csv(copy / "training.csv")) == epochs
 
 
 def test_learning_rate_policies():
