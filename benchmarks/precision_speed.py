@@ -35,8 +35,9 @@ def time_setting(precision, jit, faces, targets, image_size, steps):
     from ferkeras.train import distribute
     from ferkeras.models.losses import loss_for_mode
     from ferkeras.models.registry import build_model
+    from ferkeras.train.config import Config
 
-    config = {"mixed_precision": precision, "jit_compile": jit}
+    config = Config(mixed_precision=precision, jit_compile=jit)
     keras.utils.set_random_seed(0)
     with distribute.precision_policy(config):
         model = build_model("ResNet50", weights="none", image_size=image_size, dropout_rate=0.0)

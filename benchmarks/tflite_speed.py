@@ -131,7 +131,7 @@ def main(argv=None):
     from ferkeras.export.int8 import calibration_faces
 
     source_path, config = export_source(args.run, args.model)
-    data_dir = args.data_dir or config.get("data_dir")
+    data_dir = args.data_dir or (config.data_dir if config else None)
     model = load_model_file(source_path)
     eval_faces = load_eval_split(data_dir, "valid")
     calibration = calibration_faces(data_dir, args.calibration_faces)
@@ -142,7 +142,7 @@ def main(argv=None):
         work.mkdir(parents=True, exist_ok=True)
         files = export_all(model, config, source_path, data_dir, work, calibration, eval_input)
         rows, load = measure(files, keras_logits, eval_faces, args.threads, args.rounds)
-    print(f"\n{source_path} ({config.get('model_name', model.name)}, {model.count_params():,} parameters), "
+    print(f"\n{source_path} ({config.model_name if config else model.name}, {model.count_params():,} parameters), "
           f"FER+ valid {len(eval_faces[1])} faces; {args.threads} threads; load average {load.text()} "
           "(before / after timing)\n")
     print(common.format_table(COLUMNS, rows))

@@ -176,7 +176,7 @@ def test_recipe_values_of_another_type_are_refused(tmp_path, line, message):
 def test_recipe_numbers_keep_their_value():
     """What YAML 1.1 reads as a string (1e-4 without a dot) is still the number meant."""
     config, _ = resolve([])
-    assert config["init_lr"] == 1e-4
+    assert config.init_lr == 1e-4
     from ferkeras.train.config import _coerce
 
     assert _coerce("init_lr", "1e-4", "r.yaml") == 1e-4 and _coerce("init_lr", 2, "r.yaml") == 2.0

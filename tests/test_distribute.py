@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from ferkeras.train import distribute
-from ferkeras.train.config import resolve
+from ferkeras.train.config import Config, resolve
 from ferkeras.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,14 +211,14 @@ def test_chief_is_worker_zero_unless_a_chief_is_named():
 
 
 def test_auto_strategy_is_one_device_without_several_gpus():
-    placement = distribute.place_run({"strategy": "auto"})
+    placement = distribute.place_run(Config(strategy="auto"))
     assert placement.name == "none" and placement.replicas == 1 and placement.chief
 
 
 def test_mixed_precision_keeps_preprocessing_logits_and_variables_float32():
     from ferkeras.models.registry import build_model
 
-    with distribute.precision_policy({"mixed_precision": "bfloat16"}):
+    with distribute.precision_policy(Config(mixed_precision="bfloat16")):
         model = build_model("VGG13", weights="none", image_size=16, dropout_rate=0.0)
     assert keras.config.dtype_policy().name == "float32"  # restored for whatever is built next
     policies = {layer.name: layer.dtype_policy.name for layer in model.layers}
@@ -250,7 +250,7 @@ def test_float16_run_resumes_with_its_loss_scale(float16_run):
     assert list(history["epoch"]) == [0, 1] and np.isfinite(history["loss"]).all()
     # The loss-scale optimiser and its state come back only when the model is loaded under the
     # run's policy, as --resume does; otherwise Keras silently starts a fresh plain optimiser.
-    with distribute.precision_policy({"mixed_precision": "float16"}):
+    with distribute.precision_policy(Config(mixed_precision="float16")):
         model = load_model_file(float16_run / "checkpoints" / "last.keras", compile=True)
     assert type(model.optimizer).__name__ == "LossScaleOptimizer"
     assert int(model.optimizer.iterations) == 2 * 64 // 32
@@ -299,14 +299,14 @@ import sys
 import numpy as np
 import ferkeras
 from ferkeras.train import distribute
-from ferkeras.train.config import resolve
+from ferkeras.train.config import Config, resolve
 from ferkeras.data.ferplus import load_split
 from ferkeras.errors import UserError
 from ferkeras.train.run import train
 import keras
 assert keras.backend.backend() == "torch"
 try:
-    distribute.place_run({"strategy": "mirrored"})
+    distribute.place_run(Config(strategy="mirrored"))
 except UserError as exc:
     print("REFUSED", exc)
 result = train(*resolve(sys.argv[1:]))

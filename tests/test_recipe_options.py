@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ferkeras.data.augment import build_augmenter
-from ferkeras.train.config import resolve
+from ferkeras.train.config import Config, resolve
 from ferkeras.errors import UserError
 from ferkeras.evaluate.ensemble import EnsemblePredictor
 from ferkeras.models.predictor import KerasPredictor
@@ -87,10 +87,10 @@ def test_random_erasing_blanks_a_rectangle_and_checks_its_probability():
 
 
 def test_warmup_then_cosine_over_the_remaining_epochs():
-    config = {"init_lr": 0.01, "lr_policy": "cosine", "nepochs": 12, "warmup_epochs": 2}
+    config = Config(init_lr=0.01, lr_policy="cosine", nepochs=12, warmup_epochs=2)
     assert scheduled_lr(config, 2) == pytest.approx(0.01)
     assert scheduled_lr(config, 7) == pytest.approx(0.005)  # halfway through the 10 cosine epochs
-    assert scheduled_lr({**config, "warmup_epochs": 0}, 6) == pytest.approx(0.005)
+    assert scheduled_lr(config.replace(warmup_epochs=0), 6) == pytest.approx(0.005)
 
 
 def test_warmup_ramps_the_learning_rate_step_by_step(small_ferplus, tmp_path):

@@ -53,7 +53,7 @@ def test_gpu_recipe_builds_loads_its_weights_format_and_trains_a_step(
                                 "--data_dir", str(small_ferplus), "--output_dir", str(tmp_path / "runs"),
                                 "--name", "smoke", "--train_limit", "4", "--valid_limit", "4",
                                 "--batch_size", "2", "--nepochs", "1", "--image_size", "64"])
-    assert config["freeze_before"] == -51 and config["weights"] == str(weights)
+    assert config.freeze_before == -51 and config.weights == str(weights)
     result = train(config, explicit)
     out = capsys.readouterr().out
     assert f"({first_trainable}) on" in out

@@ -7,14 +7,16 @@ test_frozen_cache.py, test_recipes.py and test_models.py.
 """
 import json
 import math
+import shutil
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from ferkeras.train.config import resolve
+from ferkeras.train.config import OPTIONS, Config, resolve
 from ferkeras.errors import UserError
 from ferkeras.models.losses import MultiTargetLoss
 from ferkeras.train.run import scheduled_lr, train
@@ -79,7 +81,7 @@ def test_existing_run_is_refused_without_overwrite(small_ferplus, tmp_path, trai
     result, _ = trained_run
     config, explicit = resolve(["--data_dir", str(small_ferplus), "--output_dir", str(tmp_path / "x"),
                                 "--name", "learns", *TINY])
-    config["output_dir"] = str(Path(result["run_dir"]).parent)
+    config = config.replace(output_dir=str(Path(result["run_dir"]).parent))
     with pytest.raises(UserError, match="a run of that name exists"):
         train(config, explicit)
 
@@ -111,13 +113,35 @@ def test_resume_continues_the_run_as_if_uninterrupted_and_refuses_a_changed_expe
     assert_same_run(second["run_dir"], straight["run_dir"])
 
 
+# Options that a config.yaml written before ferkeras had them lacks (runs/fernet_s's, for one).
+NEWER_OPTIONS = ("erasing", "mix", "mix_alpha", "teacher", "distill_alpha", "distill_temperature", "distill_views",
+                 "detector", "label_smoothing", "ema")
+
+
+def test_a_run_folder_of_an_older_version_resumes_and_keeps_what_it_does_not_know(trained_run, tmp_path):
+    result, _ = trained_run
+    copy = shutil.copytree(result["run_dir"], tmp_path / "runs" / "learns")
+    saved = yaml.safe_load((copy / "config.yaml").read_text())
+    old = {key: value for key, value in saved.items() if key not in NEWER_OPTIONS}
+    (copy / "config.yaml").write_text(yaml.safe_dump({**old, "option_of_another_version": "kept"}, sort_keys=False))
+    epochs = result["epochs"] + 1
+    config, explicit = resolve(["--output_dir", str(copy.parent), "--name", "learns", "--resume",
+                                "--nepochs", str(epochs)])
+    assert train(config, explicit)["epochs"] == epochs
+    written = yaml.safe_load((copy / "config.yaml").read_text())
+    # The options added since get their defaults (those the run was made with); the unknown key stays.
+    assert list(written) == [opt.name for opt in OPTIONS] + ["option_of_another_version"]
+    assert written == {**saved, "output_dir": str(copy.parent), "nepochs": epochs, "option_of_another_version": "kept"}
+    assert len(pd.read_csv(copy / "training.csv")) == epochs
+
+
 def test_learning_rate_policies():
-    config = {"init_lr": 0.1, "nepochs": 10, "lr_decay_epochs": 3, "lr_decay_factor": 0.1}
-    step = [scheduled_lr({**config, "lr_policy": "step"}, e) for e in range(7)]
+    config = Config(init_lr=0.1, nepochs=10, lr_decay_epochs=3, lr_decay_factor=0.1)
+    step = [scheduled_lr(config.replace(lr_policy="step"), e) for e in range(7)]
     assert step == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001])
-    cosine = [scheduled_lr({**config, "lr_policy": "cosine"}, e) for e in (0, 5, 10)]
+    cosine = [scheduled_lr(config.replace(lr_policy="cosine"), e) for e in (0, 5, 10)]
     assert cosine == pytest.approx([0.1, 0.05, 0.0])
-    assert scheduled_lr({**config, "lr_policy": "constant"}, 9) == 0.1
+    assert scheduled_lr(config.replace(lr_policy="constant"), 9) == 0.1
 
 
 def test_multi_target_loss_is_minus_log_of_mass_on_target_classes():

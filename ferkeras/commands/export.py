@@ -149,7 +149,7 @@ def main(argv=None):
                                 data_dir=args.data_dir)
         return
     args.run = runs[0] if runs else None
-    data_dir = args.data_dir or run_config(args.run).get("data_dir")
+    data_dir = args.data_dir or (run_config(args.run).data_dir if args.run else None)
     # An .onnx --model is only quantized or scored against the reference; anything else is exported first.
     onnx_model = args.model if args.model and args.model.lower().endswith(".onnx") and \
         (args.check_reference or args.quantize is not None) else None

@@ -21,9 +21,9 @@ def run_summary(run_dir):
     epochs = state.get("epoch", len(history) if history is not None else None)
     test = _read_json(folder.eval_report("test")).get("metrics", {}).get("accuracy")
     return {
-        "name": run_dir.name, "model": config.get("model_name"), "weights": config.get("weights"),
-        "freeze": config.get("freeze_before"), "lr_policy": config.get("lr_policy"),
-        "training_mode": config.get("training_mode"), "epochs": epochs,
+        "name": run_dir.name, "model": config.model_name, "weights": config.weights,
+        "freeze": config.freeze_before, "lr_policy": config.lr_policy,
+        "training_mode": config.training_mode, "epochs": epochs,
         "best_val_accuracy": best_val, "test_accuracy": test,
         "val_curve": None if history is None else (history["epoch"].to_numpy() + 1,
                                                     history["val_accuracy"].to_numpy()),

@@ -51,7 +51,7 @@ def evaluate_command(run=None, model=None, checkpoint="best_acc", data_dir=None,
     model_path = model_file(run, model, checkpoint)
     config = run_config(run)
     predictor = load_predictor(model_path, batch_size)
-    faces, labels, vote_dist = load_eval_split(data_dir or config.get("data_dir"), split)
+    faces, labels, vote_dist = load_eval_split(data_dir or (config.data_dir if config else None), split)
     report = evaluate(predictor, faces, labels, vote_dist, tta)
     report = {"split": split, "model": predictor.describe(), "run": str(run) if run else None,
               "checkpoint": checkpoint if run else None, "batch_size": batch_size, **report}
@@ -72,7 +72,7 @@ def evaluate_ensemble(runs, models, checkpoint, data_dir, split, batch_size, tta
     paths = ensemble_members(runs, models, checkpoint)
     configs = [run_config(r) for r in runs]
     members = [load_predictor(p, batch_size) for p in paths]
-    data_dir = data_dir or next((c.get("data_dir") for c in configs if c.get("data_dir")), None)
+    data_dir = data_dir or next((c.data_dir for c in configs if c.data_dir), None)
     faces, labels, vote_dist = load_eval_split(data_dir, split)
     scored = [predict_probabilities(m, faces, tta) for m in members]
     plain = np.mean([p for p, _, _ in scored], axis=0)

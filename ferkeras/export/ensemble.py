@@ -83,7 +83,7 @@ def export_ensemble_command(runs=(), models=(), checkpoint="best_acc", tta="none
     if out.suffix.lower() != ".onnx":
         raise UserError(f"--out {out}: expected a file name ending in .onnx")
     data_dir = export_options.pop("data_dir", None) or next(
-        (run_config(r).get("data_dir") for r in runs if run_config(r).get("data_dir")), None)
+        (run_config(r).data_dir for r in runs if run_config(r).data_dir), None)
     combined = averaged_model([load_model_file(p) for p in paths], tta)
     config = {"name": f"average of {len(paths)} model(s), TTA {tta}", "members": [str(p) for p in paths],
               "tta": tta}

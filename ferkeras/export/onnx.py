@@ -15,6 +15,7 @@ from ferkeras import CLASSES, FACE_SIZE, NUM_CLASSES, __version__
 from ferkeras.deploy.contract import (INPUT_NAME, INPUT_SIZE, OUTPUT_NAME, ContractSession, check_finite_scores, check_onnx_contract,
                        to_contract_input)
 from ferkeras.errors import UserError, atomic_path, temp_dir_beside
+from ferkeras.train.config import Config
 
 # tf2onnx 1.17 converts up to opset 18; 17 is the newest that every onnxruntime since 1.14 runs.
 DEFAULT_OPSET = 17
@@ -103,6 +104,7 @@ def metadata_entries(config, source, input_name, output_name):
     metadata of every exported file (written into an ONNX file by `write_metadata`, restated beside
     a TFLite file as JSON by ferkeras.export.tflite, carried into an int8 file by ferkeras.export.int8)."""
     entries = describe_contract(input_name, output_name)
+    config = config.to_dict() if isinstance(config, Config) else config  # a run's, or an ensemble's dict
     entries.update({f"config.{key}": _text(config[key]) for key in CONFIG_METADATA if key in config})
     entries["source_checkpoint"] = Path(source).name if source else ""
     return entries
@@ -251,7 +253,7 @@ def export_saved_model(model, path):
 
 
 def export_source(run=None, model=None, checkpoint="best_acc"):
-    """(the .keras file to export, the run's config or {}): every export starts from a Keras model."""
+    """(the .keras file to export, the run's Config or None): every export starts from a Keras model."""
     from ferkeras.train.run_folder import model_file, run_config
 
     source = model_file(run, model, checkpoint)
@@ -271,7 +273,8 @@ def export_command(run=None, model=None, checkpoint="best_acc", out=None, opset=
     if out_path.suffix.lower() != ".onnx":
         raise UserError(f"--out {out_path}: expected a file name ending in .onnx")
     keras_model = load_model_file(source)
-    report = export_onnx(keras_model, out_path, config, source, data_dir=data_dir or config.get("data_dir"),
+    report = export_onnx(keras_model, out_path, config, source,
+                         data_dir=data_dir or (config.data_dir if config else None),
                          opset=opset, input_name=input_name, output_name=output_name)
     copy_checkpoint(source, out_path.with_name("model.keras"))
     report["keras"] = str(out_path.with_name("model.keras"))

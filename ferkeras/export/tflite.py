@@ -188,7 +188,7 @@ def export_tflite_command(run=None, model=None, checkpoint="best_acc", out=None,
     source, config = export_source(run, model, checkpoint)
     out_path = Path(out) if out else (Path(run) if run else source.parent) / f"model{TFLITE_SUFFIX}"
     check_tflite_out(out_path)
-    data_dir = data_dir or config.get("data_dir")
+    data_dir = data_dir or (config.data_dir if config else None)
     calibration = calibration_faces(data_dir, calibration_faces_count) if quantize is not None else None
     keras_model = load_model_file(source)
     targets = [(out_path, None)] + ([(int8_path(out_path), FULL_INT8)] if quantize is not None else [])

@@ -41,19 +41,9 @@ def teacher_files(teachers):
 
 
 def check_distillation(config):
-    """Before anything loads: the teachers exist and the blend is a proper one."""
-    if not config.get("teacher"):
-        return
-    teacher_files(config["teacher"])
-    if not 0.0 < config["distill_alpha"] <= 1.0:
-        raise UserError(f"--distill_alpha must be in (0, 1] with --teacher, got {config['distill_alpha']}")
-    if not config["distill_temperature"] > 0:
-        raise UserError(f"--distill_temperature must be > 0, got {config['distill_temperature']}")
-    if config["distill_views"] < 1:
-        raise UserError(f"--distill_views must be >= 1, got {config['distill_views']}")
-    if config["training_mode"] == "multi_target":
-        raise UserError("--teacher: multi_target targets are a set of accepted classes, not a distribution to "
-                        "blend with; use --training_mode crossentropy / probability / majority")
+    """Before anything loads: the teachers exist. (config.resolve checked the blend's options.)"""
+    if config.teacher:
+        teacher_files(config.teacher)
 
 
 def training_views(images, views, recipe, seed):
@@ -80,9 +70,9 @@ def cached_teacher_probabilities(config, views, run_dir):
     """The teachers' probabilities, read from the run folder when an earlier start of this run made them."""
     folder = RunFolder(run_dir)
     probs_path, meta_path = folder.teacher_probs_file, folder.distill_meta_file
-    files = teacher_files(config["teacher"])
+    files = teacher_files(config.teacher)
     meta = {"teachers": [str(f) for f in files], "views": int(len(views)), "faces": int(views.shape[1]),
-            "temperature": config["distill_temperature"], "seed": config["seed"], "augment": config["augment"]}
+            "temperature": config.distill_temperature, "seed": config.seed, "augment": config.augment}
     if probs_path.is_file() and meta_path.is_file():
         try:
             if json.loads(meta_path.read_text()) == meta:
@@ -90,7 +80,7 @@ def cached_teacher_probabilities(config, views, run_dir):
                 return np.load(probs_path)
         except (ValueError, OSError):
             pass  # a damaged record is made again below
-    probs = teacher_probabilities(files, views, config["distill_temperature"])
+    probs = teacher_probabilities(files, views, config.distill_temperature)
     folder.distill_dir.mkdir(parents=True, exist_ok=True)
     tmp = probs_path.with_name(f".{probs_path.stem}.tmp.npy")
     np.save(tmp, probs)
@@ -127,11 +117,11 @@ class DistilledBatches(FaceBatches):
 def distilled_batches(config, train, run_dir, epoch, class_weights):
     """The training batches of a --teacher run (teachers scored here, or read back from the run folder)."""
     images, targets = train
-    views = training_views(images, config["distill_views"], config["augment"], config["seed"])
+    views = training_views(images, config.distill_views, config.augment, config.seed)
     probs = cached_teacher_probabilities(config, views, run_dir)
-    erasing = config.get("erasing", 0.0)
+    erasing = config.erasing
     return DistilledBatches(
-        views, probs, targets, config["batch_size"], config["distill_alpha"],
+        views, probs, targets, config.batch_size, config.distill_alpha,
         augmenter=build_augmenter("none", erasing=erasing) if erasing else None,
-        sample_targets=config["training_mode"] == "probability", class_weights=class_weights,
-        seed=config["seed"], epoch=epoch, mix=config.get("mix", "none"), mix_alpha=config.get("mix_alpha", 0.2))
+        sample_targets=config.training_mode == "probability", class_weights=class_weights,
+        seed=config.seed, epoch=epoch, mix=config.mix, mix_alpha=config.mix_alpha)

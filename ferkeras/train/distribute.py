@@ -23,9 +23,10 @@ from pathlib import Path
 import keras
 
 from ferkeras.errors import UserError
+from ferkeras.train.config import OPTION_BY_NAME
 from ferkeras.train.run_folder import RunFolder
 
-STRATEGIES = ("auto", "none", "mirrored", "multiworker")
+STRATEGIES = OPTION_BY_NAME["strategy"].choices
 PRECISION_POLICIES = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
@@ -55,12 +56,12 @@ class Placement:
 
 
 def place_run(config):
-    """Create the strategy of `config["strategy"]`; call before any other TensorFlow work.
+    """Create the strategy of `config.strategy`; call before any other TensorFlow work.
 
     TensorFlow configures its devices and collective ops once, when its runtime starts, which is why
     a strategy (MultiWorkerMirroredStrategy above all) has to exist before the first tensor is made.
     """
-    requested = config.get("strategy", "auto")
+    requested = config.strategy
     if requested not in STRATEGIES:
         raise UserError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {requested!r}")
     backend = keras.backend.backend()
@@ -142,9 +143,9 @@ def worker_config(config, placement):
     """
     if placement.chief:
         return config
-    if config.get("resume"):
-        _copy_chief_run(Path(config["output_dir"]) / str(config.get("name")), placement.scratch / str(config["name"]))
-    return {**config, "output_dir": str(placement.scratch), "overwrite": True}
+    if config.resume:
+        _copy_chief_run(Path(config.output_dir) / str(config.name), placement.scratch / str(config.name))
+    return config.replace(output_dir=str(placement.scratch), overwrite=True)
 
 
 def _copy_chief_run(chief_dir, mine):
@@ -286,20 +287,20 @@ def check_global_batch(batch_size, placement):
 
 def describe(placement, config):
     replicas = placement.replicas
-    per_replica = f" ({config['batch_size'] / replicas:g} per replica)" if replicas > 1 else ""
+    per_replica = f" ({config.batch_size / replicas:g} per replica)" if replicas > 1 else ""
     where = f" over {', '.join(placement.devices)}" if placement.devices else ""
     role = f"; this process is {placement.task}" if placement.task else ""
     role += "" if placement.chief else f", not the chief: writing to {placement.scratch}"
     line = (f"strategy: {placement.name}, {replicas} replica{'s' if replicas > 1 else ''}{where}; global batch "
-            f"{config['batch_size']}{per_replica}; precision {policy_name(config)}; "
-            f"XLA {'on' if config.get('jit_compile') else 'off'}{role}")
+            f"{config.batch_size}{per_replica}; precision {policy_name(config)}; "
+            f"XLA {'on' if config.jit_compile else 'off'}{role}")
     return "\n".join([line] + [f"note: {note}" for note in placement.notes])
 
 
 # ----------------------------------------------------------------------------- precision and XLA
 
 def policy_name(config):
-    choice = config.get("mixed_precision", "none")
+    choice = config.mixed_precision
     if choice not in PRECISION_POLICIES:
         raise UserError(f"--mixed_precision: expected one of {', '.join(PRECISION_POLICIES)}, got {choice!r}")
     return PRECISION_POLICIES[choice]
@@ -323,7 +324,7 @@ def precision_policy(config):
 def compile_options(config):
     """Extra `model.compile` arguments. XLA stays off unless asked for: on this project's 2-core CPU it
     made ResNet50 steps slower, and Keras' own "auto" would turn it on whenever a GPU is visible."""
-    return {"jit_compile": bool(config.get("jit_compile", False))}
+    return {"jit_compile": bool(config.jit_compile)}
 
 
 def is_mixed(model):

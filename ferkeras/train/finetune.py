@@ -29,23 +29,21 @@ def finetune_source(spec):
 
 def load_finetune_data(config):
     """((train faces, targets), (holdout faces, targets)): your faces split, FER+ mixed into training."""
-    faces, targets, _ = load_user_faces(config["data_dir"], config["training_mode"],
-                                        detect=not config["no_detect"], min_face=config["min_face"],
-                                        detector=config.get("detector", "yunet"))
-    rng = np.random.default_rng(config["seed"])
+    faces, targets, _ = load_user_faces(config.data_dir, config.training_mode,
+                                        detect=not config.no_detect, min_face=config.min_face,
+                                        detector=config.detector)
+    rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(faces))
-    held = int(round(config["holdout"] * len(faces)))
+    held = int(round(config.holdout * len(faces)))
     if not 0 < held < len(faces):
-        raise UserError(f"--holdout {config['holdout']}: with {len(faces)} usable faces this keeps {held} "
+        raise UserError(f"--holdout {config.holdout}: with {len(faces)} usable faces this keeps {held} "
                         "for scoring; pick a share that leaves at least one face on each side")
     train_x, train_t = faces[order[held:]], targets[order[held:]]
     holdout = (faces[order[:held]], _majority(targets[order[:held]]))
-    fraction = config["mix_ferplus"]
-    if not 0 <= fraction < 1:
-        raise UserError(f"--mix_ferplus: expected a share from 0 to below 1, got {fraction}")
+    fraction = config.mix_ferplus  # in [0, 1): checked by config.resolve
     if fraction:
         extra = int(round(len(train_x) * fraction / (1 - fraction)))
-        fer_x, fer_t, _ = load_labelled(resolve_data_dir(config["ferplus_dir"]), "train", config["training_mode"])
+        fer_x, fer_t, _ = load_labelled(resolve_data_dir(config.ferplus_dir), "train", config.training_mode)
         rows = rng.choice(len(fer_x), size=min(extra, len(fer_x)), replace=False)
         print(f"mixing {len(rows)} FER+ training faces with your {len(train_x)} ({fraction:.0%} FER+)")
         train_x, train_t = np.concatenate([train_x, fer_x[rows]]), np.concatenate([train_t, fer_t[rows]])

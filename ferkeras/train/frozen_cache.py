@@ -27,13 +27,10 @@ from tqdm import tqdm
 from ferkeras.data.augment import build_augmenter
 from ferkeras.errors import UserError, atomic_path, write_text_atomic
 from ferkeras.data.batches import FaceBatches
+from ferkeras.train.config import CACHE_KEY_FIELDS  # the options that decide what the cached tensors hold
 from ferkeras.train.run_folder import RunFolder
 
 CACHE_BATCH = 128
-# Fields of the configuration that decide what the cached tensors hold: a memory-mapped cache made
-# under different values is recomputed, not reused.
-CACHE_KEY_FIELDS = ("model_name", "weights", "image_size", "freeze_before", "cache_views", "seed",
-                    "data_dir", "train_limit")
 
 
 def cut_tensors(model):
@@ -120,19 +117,19 @@ def compute_views(prefix, images, views, seed, store, label="cache"):
 
 def train_cache(prefix, images, config, run_dir):
     """The cached views of the training faces: in RAM, or memory-mapped under <run>/cache/."""
-    views = config["cache_views"]
+    views = config.cache_views
     if views < 1:
         raise UserError(f"--cache_views: expected at least 1 (the face itself), got {views}")
     size = cache_bytes(prefix, len(images), views)
     shapes = [(len(images), views) + shape[1:] for shape in _output_shapes(prefix)]
-    if size <= config["cache_ram_gb"] * 2**30:
+    if size <= config.cache_ram_gb * 2**30:
         print(f"cache: {size / 2**30:.2f} GiB of frozen-prefix outputs in RAM")
-        return compute_views(prefix, images, views, config["seed"], [np.zeros(s, np.float16) for s in shapes])
+        return compute_views(prefix, images, views, config.seed, [np.zeros(s, np.float16) for s in shapes])
     return _memmapped_cache(prefix, images, config, RunFolder(run_dir), shapes, size)
 
 
 def _memmapped_cache(prefix, images, config, folder, shapes, size):
-    key = {field: config.get(field) for field in CACHE_KEY_FIELDS}
+    key = {field: value for field, value in config.to_dict().items() if field in CACHE_KEY_FIELDS}
     key["shapes"] = [list(s) for s in shapes]
     cache_dir, meta_path = folder.cache_dir, folder.cache_meta_file
     files = [folder.cache_views_file(i) for i in range(len(shapes))]
@@ -146,7 +143,7 @@ def _memmapped_cache(prefix, images, config, folder, shapes, size):
         temporary = [stack.enter_context(atomic_path(path)) for path in files]
         arrays = [np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
                   for tmp, shape in zip(temporary, shapes)]
-        compute_views(prefix, images, config["cache_views"], config["seed"], arrays)
+        compute_views(prefix, images, config.cache_views, config.seed, arrays)
         for array in arrays:
             array.flush()
         del arrays
@@ -209,7 +206,7 @@ def prepare(model, config, train, valid, run_dir, epoch, class_weights, sample_t
     features = train_cache(prefix, train_x, config, run_dir)
     valid_data = (valid_features(prefix, valid_x), valid_t)
     print(f"cache: ready in {time.time() - started:.0f}s; training the suffix "
-          f"({len(suffix.layers)} layers) on one of {config['cache_views']} views per face per epoch")
-    batches = CachedViewBatches(features, train_t, config["batch_size"], sample_targets=sample_targets,
-                                class_weights=class_weights, seed=config["seed"], epoch=epoch)
+          f"({len(suffix.layers)} layers) on one of {config.cache_views} views per face per epoch")
+    batches = CachedViewBatches(features, train_t, config.batch_size, sample_targets=sample_targets,
+                                class_weights=class_weights, seed=config.seed, epoch=epoch)
     return compile_suffix(model, suffix), batches, valid_data

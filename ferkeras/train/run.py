@@ -18,7 +18,7 @@ import numpy as np
 
 from ferkeras.train import distill, distribute, finetune, frozen_cache
 from ferkeras.data.augment import build_augmenter
-from ferkeras.train.config import OPTIONS, save_config
+from ferkeras.train.config import read_saved_config, resumed_config, save_config
 from ferkeras.data.ferplus import load_labelled, resolve_data_dir, summary_line
 from ferkeras.errors import UserError, atomic_path, check_output_folder, read_json, sweep_stale_temporaries, write_text_atomic
 from ferkeras.models.losses import loss_for_mode
@@ -29,8 +29,6 @@ from ferkeras.data.batches import FaceBatches, class_weight_vector
 from ferkeras.train.plots import plot_training_curves
 from ferkeras.train.run_folder import RunFolder
 
-# Options that may change when a run is resumed; anything else would make a different experiment.
-RESUMABLE = ("nepochs", "early_stopping_patience", "output_dir", "data_dir", "strategy")
 # Run folders this process created (see `_removes_unstarted_run`).
 _created_run_dirs = []
 
@@ -38,7 +36,7 @@ _created_run_dirs = []
 # ----------------------------------------------------------------------------- run folder
 
 def run_dir_for(config):
-    return Path(config["output_dir"]) / config["name"]
+    return Path(config.output_dir) / config.name
 
 
 def plan_run(config, explicit=()):
@@ -48,13 +46,13 @@ def plan_run(config, explicit=()):
     mistake in the command leaves no empty run behind; a folder left by a run that died before its
     first epoch ended holds nothing to keep, and is replaced rather than refused.
     """
-    check_output_folder(config["output_dir"], "--output_dir")
-    if config["resume"]:
+    check_output_folder(config.output_dir, "--output_dir")
+    if config.resume:
         return _reopen_run(config, explicit)
-    if not config.get("name"):
-        config["name"] = f"{config['model_name']}-{datetime.now():%Y%m%d-%H%M%S}"
+    if not config.name:
+        config = config.replace(name=f"{config.model_name}-{datetime.now():%Y%m%d-%H%M%S}")
     run_dir = run_dir_for(config)
-    if run_dir.exists() and not config["overwrite"]:
+    if run_dir.exists() and not config.overwrite:
         if not _abandoned_before_first_epoch(run_dir):
             raise UserError(f"{run_dir}: a run of that name exists; pick another --name, add --overwrite to "
                             f"replace it, or --resume to continue it")
@@ -122,7 +120,7 @@ def _removes_unstarted_run(train_function):
 def _reopen_run(config, explicit):
     """The saved config and state of the run to resume. Everything is read and checked first: the
     folder is only written to (config.yaml, training.csv) once the run is known to be resumable."""
-    if not config.get("name"):
+    if not config.name:
         raise UserError("--resume needs --name: the run to continue")
     run_dir = run_dir_for(config)
     if not run_dir.is_dir():
@@ -136,19 +134,12 @@ def _reopen_run(config, explicit):
                             "resume; run the same command without --resume (the unfinished folder is replaced)")
         raise UserError(f"{run_dir}: nothing to resume (no {folder.relative(last)} and "
                         f"{folder.relative(state_path)}); start it again with --overwrite")
-    saved = {opt.name: opt.default for opt in OPTIONS}  # options added since the run was made
-    saved.update(folder.read_config())
+    saved, unknown = read_saved_config(folder.config_file)  # options added since the run: defaults
     state = folder.read_state()
     _check_checkpoint(last)
-    changed = sorted(k for k in explicit if k not in RESUMABLE + ("resume", "name", "config")
-                     and saved.get(k) != config[k])
-    if changed:
-        raise UserError(f"--resume continues {run_dir} as configured; these flags differ from its config.yaml: "
-                        f"{', '.join(changed)}. Only {', '.join(RESUMABLE)} may change; start a new run otherwise")
-    saved.update({k: config[k] for k in explicit if k in RESUMABLE})
-    saved["resume"] = True
+    saved = resumed_config(saved, config, explicit, run_dir)
     sweep_stale_temporaries(run_dir, recursive=True)  # left by a kill during a checkpoint or a cache
-    save_config({**saved, "resume": False}, folder.config_file)
+    save_config(saved.replace(resume=False), folder.config_file, unknown)
     _truncate_history(folder.history_file, state["epoch"])
     return saved, run_dir, state
 
@@ -179,16 +170,16 @@ def load_data(config):
     """Training faces with targets of the chosen label mode; validation faces under the majority protocol.
 
     With --finetune_from: your faces, a held-out share of them as the validation split."""
-    if config.get("finetune_from"):
+    if config.finetune_from:
         return finetune.load_finetune_data(config)
-    data_dir = resolve_data_dir(config["data_dir"])
-    train_x, train_t, train_summary = load_labelled(data_dir, "train", config["training_mode"])
+    data_dir = resolve_data_dir(config.data_dir)
+    train_x, train_t, train_summary = load_labelled(data_dir, "train", config.training_mode)
     valid_x, valid_t, valid_summary = load_labelled(data_dir, "valid", "majority")
     print(summary_line("train", train_summary))
     print(summary_line("valid", valid_summary))
-    rng = np.random.default_rng(config["seed"])
-    train_x, train_t = _subset(train_x, train_t, config["train_limit"], rng)
-    valid_x, valid_t = _subset(valid_x, valid_t, config["valid_limit"], rng)
+    rng = np.random.default_rng(config.seed)
+    train_x, train_t = _subset(train_x, train_t, config.train_limit, rng)
+    valid_x, valid_t = _subset(valid_x, valid_t, config.valid_limit, rng)
     return (train_x, train_t), (valid_x, valid_t)
 
 
@@ -202,14 +193,14 @@ def _subset(images, targets, limit, rng):
 def fit_inputs(config, model, train, valid, run_dir, epoch=0):
     """(model to fit, training batches, validation data): the model itself on faces or, with
     --cache_frozen, its trainable suffix on cached outputs of the frozen prefix (same weights)."""
-    if config["cache_frozen"]:
+    if config.cache_frozen:
         return frozen_cache.prepare(model, config, train, valid, run_dir, epoch,
-                                    class_weights=class_weight_vector(config["class_weights"], train[1]),
-                                    sample_targets=config["training_mode"] == "probability")
+                                    class_weights=class_weight_vector(config.class_weights, train[1]),
+                                    sample_targets=config.training_mode == "probability")
     valid_x, valid_t = valid
-    if config.get("teacher"):
+    if config.teacher:
         batches = distill.distilled_batches(config, train, run_dir, epoch,
-                                            class_weight_vector(config["class_weights"], train[1]))
+                                            class_weight_vector(config.class_weights, train[1]))
     else:
         batches = make_batches(config, train, epoch)
     return model, batches, (valid_x.astype(np.float32)[..., None], valid_t)
@@ -218,41 +209,23 @@ def fit_inputs(config, model, train, valid, run_dir, epoch=0):
 def make_batches(config, train, epoch=0):
     images, targets = train
     return FaceBatches(
-        images, targets, config["batch_size"],
-        augmenter=build_augmenter(config["augment"], erasing=config.get("erasing", 0.0)),
-        sample_targets=config["training_mode"] == "probability",
-        class_weights=class_weight_vector(config["class_weights"], targets),
-        seed=config["seed"], epoch=epoch, mix=config.get("mix", "none"), mix_alpha=config.get("mix_alpha", 0.2))
+        images, targets, config.batch_size,
+        augmenter=build_augmenter(config.augment, erasing=config.erasing),
+        sample_targets=config.training_mode == "probability",
+        class_weights=class_weight_vector(config.class_weights, targets),
+        seed=config.seed, epoch=epoch, mix=config.mix, mix_alpha=config.mix_alpha)
 
 
 # ----------------------------------------------------------------------------- model and optimiser
 
 def build_optimizer(config):
     # --ema: Keras' optimizers keep the moving average themselves (use_ema), updated after every step.
-    ema = {"use_ema": True, "ema_momentum": config["ema"]} if config.get("ema") else {}
-    if config["optimizer"] == "SGD":
-        return keras.optimizers.SGD(learning_rate=config["init_lr"], momentum=config["momentum"], **ema)
-    if config["optimizer"] == "AdamW":
-        return keras.optimizers.AdamW(learning_rate=config["init_lr"], weight_decay=config["weight_decay"], **ema)
-    return keras.optimizers.Adam(learning_rate=config["init_lr"], **ema)
-
-
-def check_combinations(config):
-    """Refuse options that the rest of the configuration would silently ignore (before anything loads)."""
-    mode = config["training_mode"]
-    if config.get("mix", "none") != "none" and mode == "multi_target":
-        raise UserError(f"--mix {config['mix']}: multi_target targets are a set of accepted classes, which "
-                        "mixing would blur; use --training_mode crossentropy / probability / majority, or --mix none")
-    if config.get("label_smoothing") and mode == "multi_target":
-        raise UserError("--label_smoothing: the multi_target loss has no smoothing; use another --training_mode "
-                        "or --label_smoothing 0")
-    distill.check_distillation(config)
-    if config["cache_frozen"]:
-        ignored = [f"--{name}" for name in ("mix", "erasing", "ema", "teacher")
-                   if config.get(name) not in (None, 0, 0.0, "none")]
-        if ignored:
-            raise UserError(f"--cache_frozen trains on fixed cached views, so {', '.join(ignored)} would have no "
-                            "effect; drop them or drop --cache_frozen")
+    ema = {"use_ema": True, "ema_momentum": config.ema} if config.ema else {}
+    if config.optimizer == "SGD":
+        return keras.optimizers.SGD(learning_rate=config.init_lr, momentum=config.momentum, **ema)
+    if config.optimizer == "AdamW":
+        return keras.optimizers.AdamW(learning_rate=config.init_lr, weight_decay=config.weight_decay, **ema)
+    return keras.optimizers.Adam(learning_rate=config.init_lr, **ema)
 
 
 def swap_ema_weights(model):
@@ -287,38 +260,38 @@ class ValidateWithEMA(keras.callbacks.Callback):
 
 def new_model(config):
     """The configured model, frozen and compiled: built from --model_name, or loaded for --finetune_from."""
-    if config.get("finetune_from"):
-        source = finetune.finetune_source(config["finetune_from"])
+    if config.finetune_from:
+        source = finetune.finetune_source(config.finetune_from)
         print(f"fine-tuning {source}")
         model = load_model_file(source)
     else:
-        model = build_model(config["model_name"], weights=config["weights"],
-                            image_size=config["image_size"] or None, dropout_rate=config["dropout_rate"],
-                            allow_partial_weights=config["allow_partial_weights"])
-    print(freeze_summary(apply_freeze(model, config["freeze_before"])))
+        model = build_model(config.model_name, weights=config.weights,
+                            image_size=config.image_size or None, dropout_rate=config.dropout_rate,
+                            allow_partial_weights=config.allow_partial_weights)
+    print(freeze_summary(apply_freeze(model, config.freeze_before)))
     model.compile(optimizer=build_optimizer(config),
-                  loss=loss_for_mode(config["training_mode"], config.get("label_smoothing", 0.0)),
+                  loss=loss_for_mode(config.training_mode, config.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], **distribute.compile_options(config))
     return model
 
 
 def scheduled_lr(config, epoch):
     """Learning rate of an epoch for the epoch-indexed policies (step, cosine, constant)."""
-    lr = config["init_lr"]
+    lr = config.init_lr
     # The policy's clock starts when the warm-up ends.
-    warmup = config.get("warmup_epochs", 0)
+    warmup = config.warmup_epochs
     epoch = max(epoch - warmup, 0)
-    if config["lr_policy"] == "step":
-        return lr * config["lr_decay_factor"] ** (epoch // config["lr_decay_epochs"])
-    if config["lr_policy"] == "cosine":
-        return lr * 0.5 * (1 + math.cos(math.pi * epoch / (config["nepochs"] - warmup)))
+    if config.lr_policy == "step":
+        return lr * config.lr_decay_factor ** (epoch // config.lr_decay_epochs)
+    if config.lr_policy == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * epoch / (config.nepochs - warmup)))
     return lr
 
 
 def lr_callback(config):
-    if config["lr_policy"] == "plateau":
-        return keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config["plateau_factor"],
-                                                 patience=config["plateau_patience"], min_lr=1e-7, verbose=1)
+    if config.lr_policy == "plateau":
+        return keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.plateau_factor,
+                                                 patience=config.plateau_patience, min_lr=1e-7, verbose=1)
     return keras.callbacks.LearningRateScheduler(lambda epoch: scheduled_lr(config, epoch))
 
 
@@ -392,9 +365,9 @@ class RunRecorder(keras.callbacks.Callback):
             self.best_loss = logs["val_loss"]
             saved.append(self._copy_last("best_loss"))
         self._write_state(epoch + 1, finished=False)
-        plot_training_curves(self.folder.history_file, self.folder.curves_file, title=self.config["name"])
+        plot_training_curves(self.folder.history_file, self.folder.curves_file, title=self.config.name)
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        print(f"epoch {epoch + 1}/{self.config['nepochs']}: loss {logs.get('loss', np.nan):.4f} "
+        print(f"epoch {epoch + 1}/{self.config.nepochs}: loss {logs.get('loss', np.nan):.4f} "
               f"acc {logs.get('accuracy', np.nan):.4f} | val_loss {logs.get('val_loss', np.nan):.4f} "
               f"val_acc {logs.get('val_accuracy', np.nan):.4f} (best {self.best_acc:.4f} @ {self.best_epoch}) "
               f"| lr {lr:.3g} | {time.time() - self.epoch_start:.0f}s"
@@ -405,7 +378,7 @@ class RunRecorder(keras.callbacks.Callback):
 
     def _save_last(self):
         model = self.full_model or self.model
-        ema = bool(self.config.get("ema"))
+        ema = bool(self.config.ema)
         if ema:
             swap_ema_weights(model)
         try:
@@ -498,20 +471,20 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         kept = (f"{self.run_dir} keeps the checkpoints of its first {self.epoch} epoch(s)" if self.epoch else
                 f"no epoch was finished, so {self.run_dir} is removed")
         raise UserError(f"training diverged: {key} became {value} at {where}; {kept}; lower --init_lr "
-                        f"(it is {self.config['init_lr']:g}) or check --class_weights")
+                        f"(it is {self.config.init_lr:g}) or check --class_weights")
 
 
 def callbacks_for(config, run_dir, state, model=None):
     stateful = {"lr_policy": lr_callback(config)}
-    warmup = [WarmUp(config["init_lr"], config["warmup_epochs"])] if config.get("warmup_epochs") else []
-    if config["early_stopping_patience"] > 0:
+    warmup = [WarmUp(config.init_lr, config.warmup_epochs)] if config.warmup_epochs else []
+    if config.early_stopping_patience > 0:
         stateful["early_stopping"] = keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=config["early_stopping_patience"], verbose=1)
+            monitor="val_accuracy", mode="max", patience=config.early_stopping_patience, verbose=1)
     recorder = RunRecorder(run_dir, config, state, stateful, model)
     # The learning-rate callbacks add "learning_rate" to the epoch logs, so they run before the CSV logger;
     # a non-finite loss stops the run before anything of its epoch is recorded. With --ema, validation
     # scores the averaged weights (swapped in for each validation pass).
-    ema = [ValidateWithEMA()] if config.get("ema") else []
+    ema = [ValidateWithEMA()] if config.ema else []
     callbacks = [StopOnNonFiniteLoss(config, run_dir), *ema, *stateful.values(), *warmup,
                  keras.callbacks.CSVLogger(str(RunFolder(run_dir).history_file), append=True), recorder]
     if keras.backend.backend() == "tensorflow":
@@ -524,24 +497,24 @@ def callbacks_for(config, run_dir, state, model=None):
 @_removes_unstarted_run
 def train(config, explicit=()):
     """Train as configured; return a summary dict (run_dir, epochs, best_val_accuracy, ...)."""
-    check_combinations(config)
+    distill.check_distillation(config)  # the teachers exist (the options were checked by config.resolve)
     placement = distribute.place_run(config)  # first: TensorFlow fixes devices and collectives at start-up
-    config, run_dir, state = plan_run(distribute.worker_config(dict(config), placement), explicit)
-    distribute.check_global_batch(config["batch_size"], placement)
+    config, run_dir, state = plan_run(distribute.worker_config(config, placement), explicit)
+    distribute.check_global_batch(config.batch_size, placement)
     initial_epoch = state["epoch"]
-    if initial_epoch >= config["nepochs"]:
+    if initial_epoch >= config.nepochs:
         raise UserError(f"{run_dir}: already trained {initial_epoch} epochs; raise --nepochs to train further")
-    if config.get("finetune_from"):
-        finetune.finetune_source(config["finetune_from"])  # a wrong path fails before the data loads
-    keras.utils.set_random_seed(config["seed"])
+    if config.finetune_from:
+        finetune.finetune_source(config.finetune_from)  # a wrong path fails before the data loads
+    keras.utils.set_random_seed(config.seed)
     train_data, (valid_x, valid_t) = load_data(config)
-    class_weight_vector(config["class_weights"], train_data[1])  # a class without faces fails before the run folder
+    class_weight_vector(config.class_weights, train_data[1])  # a class without faces fails before the run folder
     print(distribute.describe(placement, config))
     # Variables (model, optimiser, metrics) must be made under the strategy and the dtype policy.
     with placement.scope(), distribute.precision_policy(config):
         if initial_epoch:
             model = load_model_file(RunFolder(run_dir).checkpoint("last"), compile=True)
-            if config.get("ema"):
+            if config.ema:
                 swap_ema_weights(model)  # the checkpoint holds the average as the model's weights
             print(f"resuming {run_dir} after epoch {initial_epoch}")
         else:
@@ -551,21 +524,21 @@ def train(config, explicit=()):
                                                     initial_epoch)
         batches = distribute.prepare_fit(fit_model, batches, placement)
     callbacks, recorder = callbacks_for(config, run_dir, state, model)
-    before = finetune.accuracy_before(model, (valid_x, valid_t), run_dir) if config.get("finetune_from") else None
+    before = finetune.accuracy_before(model, (valid_x, valid_t), run_dir) if config.finetune_from else None
     print(f"run folder: {run_dir}")
     try:
         history = fit_model.fit(batches, steps_per_epoch=len(batches), validation_data=valid_data,
                                 validation_batch_size=distribute.validation_batch_size(
-                                    max(config["batch_size"], 64), len(valid_x), placement),
-                                epochs=config["nepochs"], initial_epoch=initial_epoch,
+                                    max(config.batch_size, 64), len(valid_x), placement),
+                                epochs=config.nepochs, initial_epoch=initial_epoch,
                                 # The batches shuffle themselves by (seed, epoch); Keras' own shuffle of
                                 # their order (of a finite PyDataset) draws from Python's global RNG,
                                 # which a resumed run does not share with the uninterrupted one.
                                 shuffle=False, callbacks=callbacks, verbose=1)
     except KeyboardInterrupt:
         if _started(run_dir):
-            print(f"\ninterrupted; continue with: python train.py --name {config['name']} "
-                  f"--output_dir {config['output_dir']} --resume")
+            print(f"\ninterrupted; continue with: python train.py --name {config.name} "
+                  f"--output_dir {config.output_dir} --resume")
         else:
             print(f"\ninterrupted before the first epoch ended: nothing was saved, so {run_dir} is removed; "
                   "run the same command again to start over")
@@ -577,5 +550,5 @@ def train(config, explicit=()):
                "best_epoch": recorder.best_epoch, "best_val_loss": recorder.best_loss}
     if before is not None:
         after = finetune.holdout_accuracy(model, (valid_x, valid_t))
-        summary["finetune"] = finetune.record(run_dir, config["finetune_from"], before, after, (valid_x, valid_t))
+        summary["finetune"] = finetune.record(run_dir, config.finetune_from, before, after, (valid_x, valid_t))
     return summary

@@ -139,7 +139,7 @@ class RunFolder:
         return self.state_file.is_file()
 
     def read_config(self):
-        """config.yaml as a dict; a one-line UserError when it is missing or damaged."""
+        """config.yaml as a `train.config.Config`; a one-line UserError when it is missing or damaged."""
         from ferkeras.train.config import read_config
 
         return read_config(self.config_file)
@@ -175,7 +175,7 @@ def model_file(run=None, model=None, checkpoint="best_acc"):
 
 
 def run_config(run):
-    """The run's config.yaml as a dict, or {} without a run."""
+    """The run's config.yaml as a `train.config.Config`, or None without a run."""
     if not run:
-        return {}
+        return None
     return RunFolder(run).require().read_config()
