@@ -14,11 +14,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ferkeras"
 STAGES = ("deploy", "data", "models", "train", "evaluate", "export")  # each may import those before it
-SHARED = ("errors",)  # ferkeras/errors.py and the root package's constants serve every stage
+SHARED = ("errors", "tables", "timing")  # plain-Python helpers (and the root package's constants) every stage uses
 ALLOWED = {"service": ("deploy",), "commands": STAGES + ("service",), "cli": STAGES + ("service", "commands"),
            "__main__": ("cli",)}
 HEAVY = ("tensorflow", "keras", "tf2onnx", "albumentations", "h5py", "torch")
-TF_FREE = ("deploy", "service")
+TF_FREE = ("deploy", "service", "tables", "timing")
 
 
 def modules():

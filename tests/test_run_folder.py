@@ -113,7 +113,7 @@ def test_a_run_writes_the_files_its_run_folder_names_and_no_other(runs):
 def test_a_started_run_reads_back_through_its_run_folder(runs):
     plain = next(iter(runs))
     assert plain.started() and plain.read_state()["epoch"] == 1 and plain.read_state()["finished"] is True
-    assert plain.read_config()["name"] == "plain" == run_config(plain.path)["name"]
+    assert plain.read_config().name == "plain" == run_config(plain.path).name
     assert model_file(run=plain.path) == plain.checkpoint("best_acc")
     assert model_file(run=plain.path, checkpoint="last") == plain.checkpoint("last")
     assert json.loads(plain.eval_report("valid").read_text())["checkpoint"] == "best_acc"
