@@ -28,7 +28,7 @@ from onnx import numpy_helper
 
 from ferkeras.train.config import resolve
 from ferkeras.errors import UserError, read_text, sweep_stale_temporaries, write_text_atomic
-from tests.test_predict import linear_model
+from tests.helpers import linear_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model_name", "FerNetS", "--weights", "none", "--batch_size", "16", "--class_weights", "none",

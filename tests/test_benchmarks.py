@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import ferkeras
-from tests.test_predict import models  # noqa: F401  (a fixture: stand-in contract models)
 
 keras = ferkeras.import_keras_quietly()
 
@@ -260,7 +259,7 @@ def test_framing_and_speed_benchmarks_report_both_detectors(ferplus_dir, small_f
                                                              tmp_path):
     """benchmarks/face_framing.py and predict_speed.py, tiny, on real faces with a stand-in model."""
     from ferkeras.deploy.predict import make_detector
-    from tests.conftest import REAL_FERPLUS
+    from tests.helpers import REAL_FERPLUS
 
     if Path(ferplus_dir) != REAL_FERPLUS:
         pytest.skip("the benchmarks measure real faces")

@@ -15,7 +15,7 @@ import pytest
 from ferkeras import CLASSES
 from ferkeras.deploy.faces import YUNET_MARGIN, crop_face, read_image, reading_order
 from ferkeras.deploy.predict import EmotionPredictor, box_iou
-from tests.service.conftest import SCREENSHOTS, need_tool, yunet_faces
+from tests.helpers import SCREENSHOTS, need_tool, yunet_faces
 
 TIMEOUT_MS = 180_000  # loading onnxruntime-web and two models on two busy cores
 
