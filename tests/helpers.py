@@ -7,17 +7,22 @@
   (the reference-layout ones of test_reference.py, and the one of the predict and service tests).
 - Pictures: faint noise backgrounds and upscaled faces, to place real faces where a detector must
   find them; six of them composed into one picture.
-- Running a command's `main` in this process, as its script runs it.
+- Running a command's `main` in this process, as its script runs it; running script command lines in
+  one long-lived interpreter (tests/cli_batch.py), TensorFlow loaded once for all of them.
 - The service tests' YuNet runs and external tools (node, chromium).
 - Training runs: their per-epoch history and their checkpoint's weights, compared exactly.
 
 The data helpers build their files with csv and OpenCV directly, not with `ferkeras.data.ferplus`, so that the
 data loader's own tests compare it against something it did not produce.
 """
+import atexit
 import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -302,6 +307,50 @@ def run_in_process(main, argv, capsys):
         code = exc.code
     captured = capsys.readouterr()
     return code or 0, captured.out, captured.err
+
+
+class BatchWorker:
+    """tests/cli_batch.py --serve: one interpreter, TensorFlow loaded once, that runs lists of cases."""
+
+    def __init__(self):
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen([sys.executable, str(REPO / "tests" / "cli_batch.py"), "--serve"], cwd=REPO,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+
+    def run(self, cases_file):
+        self.process.stdin.write(f"{cases_file}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:  # it died: say how, and start afresh for the next caller
+            self.process.wait()
+            self.log.seek(0)
+            raise AssertionError(f"tests/cli_batch.py exited {self.process.returncode}: "
+                                 f"{self.log.read().decode(errors='replace')[-3000:]}")
+        return json.loads(line)
+
+    def stop(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+        self.process.stdout.close()
+        self.log.close()
+
+
+_batch_worker = []  # the session's BatchWorker, started by the first `batch`
+
+
+def batch(tmp_path, cases):
+    """Several (script, args[, env]) cases run as `python SCRIPT ARGS` runs, in the session's one
+    tests/cli_batch.py interpreter; their results as subprocess.CompletedProcess objects."""
+    listed = [{"script": str(case[0]), "argv": [str(a) for a in case[1]], "env": case[2] if len(case) > 2 else {}}
+              for case in cases]
+    cases_file = Path(tmp_path) / "cases.json"
+    cases_file.write_text(json.dumps(listed))
+    if not _batch_worker or _batch_worker[0].process.poll() is not None:
+        _batch_worker[:] = [BatchWorker()]
+        atexit.register(_batch_worker[0].stop)
+    results = _batch_worker[0].run(cases_file)
+    return [subprocess.CompletedProcess([case["script"], *case["argv"]], r["returncode"], r["stdout"], r["stderr"])
+            for case, r in zip(listed, results)]
 
 
 # ----------------------------------------------------------------------------- training runs

@@ -1,4 +1,4 @@
-"""Rules of the test suite itself (docs/testing.md).
+"""Rules of the test suite itself (docs/testing.md), and its tool for running many command lines at once.
 
 No test module imports another test module or a conftest.py: pytest imports those itself, and a test
 file imported as a library runs its fixtures under two names and breaks when the other file is
@@ -6,6 +6,8 @@ renamed or split. Shared fixtures live in tests/conftest.py, plain helpers in te
 """
 import ast
 from pathlib import Path
+
+from tests.helpers import batch
 
 TESTS = Path(__file__).resolve().parent
 
@@ -57,3 +59,22 @@ def test_no_test_module_imports_another_test_module_or_a_conftest():
             offenders[str(path.relative_to(TESTS.parent))] = imported
     assert not offenders, ("move shared fixtures to tests/conftest.py and plain functions to tests/helpers.py: "
                            f"{offenders}")
+
+
+def test_batched_cases_report_what_reached_their_descriptors_as_their_own_process_would(tmp_path):
+    """tests/helpers.py `batch`: each case's status, and its stdout and stderr whether written by Python
+    or straight to the file descriptors (as TensorFlow's C++ code writes), in order, and nothing else."""
+    script = tmp_path / "noisy.py"
+    script.write_text("import os, sys\n"
+                      "print('python out', flush=True)\n"
+                      "os.write(1, b'fd out\\n')\n"
+                      "print('python err', file=sys.stderr, flush=True)\n"
+                      "os.write(2, b'fd err\\n')\n"
+                      "sys.exit(int(sys.argv[1]))\n")
+    failing = tmp_path / "failing.py"
+    failing.write_text("raise ValueError('escaped')\n")
+    noisy, quiet, escaped = batch(tmp_path, [(script, [3]), (script, [0]), (failing, [])])
+    assert (noisy.returncode, noisy.stdout, noisy.stderr) == (3, "python out\nfd out\n", "python err\nfd err\n")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "python out\nfd out\n", "python err\nfd err\n")
+    assert escaped.returncode == 1 and escaped.stdout == ""
+    assert escaped.stderr.startswith("Traceback") and escaped.stderr.endswith("ValueError: escaped\n")
