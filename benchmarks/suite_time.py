@@ -33,13 +33,22 @@ def _cpu_seconds():
 
 
 _rows = []
+_outcomes = {}  # nodeid -> "passed", "failed", "skipped" (a failure in setup or teardown counts as failed)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     cpu, wall = _cpu_seconds(), time.perf_counter()
     yield
-    _rows.append({"test": item.nodeid, "wall_s": time.perf_counter() - wall, "cpu_s": _cpu_seconds() - cpu})
+    _rows.append({"test": item.nodeid, "wall_s": time.perf_counter() - wall, "cpu_s": _cpu_seconds() - cpu,
+                  "outcome": _outcomes.get(item.nodeid, "passed")})
+
+
+def pytest_runtest_logreport(report):
+    if report.failed:
+        _outcomes[report.nodeid] = "failed"
+    elif report.skipped and _outcomes.get(report.nodeid) != "failed":
+        _outcomes[report.nodeid] = "skipped"
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -103,6 +112,9 @@ def main(argv=None):
     print(f"suite: {wall:.0f} s wall, {cpu:.0f} s CPU; load 1-min before / after {load.text()}")
     print(common.format_table((("file", "file", None), ("tests", "tests", None), ("wall s", "wall_s", "{:.1f}"),
                                ("CPU s", "cpu_s", "{:.1f}")), per_file(rows)))
+    for row in rows:
+        if row.get("outcome") == "failed":
+            print(f"failed: {row['test']}")
     slowest = sorted(rows, key=lambda row: -row["wall_s"])[:args.top]
     print(common.format_table((("test", "test", None), ("wall s", "wall_s", "{:.1f}"), ("CPU s", "cpu_s", "{:.1f}")),
                               slowest))

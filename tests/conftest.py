@@ -8,6 +8,8 @@
   cache so that the default detector finds it; tests that need it skip without it. No test downloads:
   FERKERAS_NO_DOWNLOAD is set for the whole session.
 - `real_faces`: real FER+ faces, upscaled, that the face detector finds when each is shown alone.
+- `models`: the linear stand-ins of the contract model (tests/helpers.py `linear_model`), with a
+  dynamic batch and with the reference's fixed batch of 1, whose scores numpy recomputes exactly.
 
 Plain functions (the data builders among them) live in tests/helpers.py.
 """
@@ -22,8 +24,8 @@ import pytest
 import ferkeras  # noqa: F401  (sets TensorFlow's environment before any test imports it)
 from ferkeras import FACE_SIZE, NUM_CLASSES, VOTE_COLUMNS
 from tests.helpers import (FACE_SIDE, FER2013_EMOTION, REAL_FERPLUS, SMALL_PER_CLASS, SMALL_REJECTED,
-                           SPLIT_FOLDERS, USAGES, faint_noise, make_synthetic_ferplus, pick_small_subset,
-                           read_label_rows, upscaled, write_csv)
+                           SPLIT_FOLDERS, USAGES, faint_noise, linear_model, make_synthetic_ferplus,
+                           pick_small_subset, read_label_rows, upscaled, write_csv)
 
 SHARED_YUNET = REAL_FERPLUS.parents[1] / "weights" / "face_detection_yunet_2023mar.onnx"
 # How many faces `real_faces` gives: the composed pictures of test_predict hold six.
@@ -131,3 +133,11 @@ def real_faces(ferplus_dir):
         if len(picked) == REAL_FACES:
             return picked
     pytest.fail(f"the cascade found only {len(picked)} of the first 40 real faces shown alone")
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """{"dynamic": batch N, opset 17, "fixed": batch 1, opset 8 / IR 3}: the linear stand-in model files."""
+    folder = tmp_path_factory.mktemp("models")
+    return {"dynamic": linear_model(folder / "dynamic.onnx"),
+            "fixed": linear_model(folder / "fixed.onnx", batch=1)}

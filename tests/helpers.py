@@ -3,15 +3,26 @@
 - FER+ data in its layouts: the folder layout (label.csv beside the PNGs), picked subsets, and a
   synthetic stand-in whose classes a small model can learn.
 - Weights files in the Keras-2 HDF5 layouts that published backbones ship in.
-- Stand-in ONNX models: linear classifiers over the 64x64 contract input, scored exactly with numpy.
+- Stand-in ONNX models: linear classifiers over the 64x64 contract input, scored exactly with numpy
+  (the reference-layout ones of test_reference.py, and the one of the predict and service tests).
 - Pictures: faint noise backgrounds and upscaled faces, to place real faces where a detector must
-  find them.
+  find them; six of them composed into one picture.
+- Running a command's `main` in this process, as its script runs it; running script command lines in
+  one long-lived interpreter (tests/cli_batch.py), TensorFlow loaded once for all of them.
+- The service tests' YuNet runs and external tools (node, chromium).
 - Training runs: their per-epoch history and their checkpoint's weights, compared exactly.
 
 The data helpers build their files with csv and OpenCV directly, not with `ferkeras.data.ferplus`, so that the
 data loader's own tests compare it against something it did not produce.
 """
+import atexit
 import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -21,8 +32,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ferkeras import FACE_SIZE, NUM_CLASSES, VOTE_COLUMNS
-from ferkeras.deploy.contract import INPUT_NAME, OUTPUT_NAME
+from ferkeras.deploy.contract import INPUT_NAME, OUTPUT_NAME, softmax
 
+REPO = Path(__file__).resolve().parents[1]
 REAL_FERPLUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ferplus"
 SPLIT_FOLDERS = {"train": "FER2013Train", "valid": "FER2013Valid"}
 USAGES = {"train": "Training", "valid": "PublicTest"}
@@ -205,9 +217,57 @@ def linear_onnx(path, weight, bias, batch=1, input_name=INPUT_NAME, output_name=
     return path
 
 
+def standin_weights(seed=3):
+    """The weights of `linear_model`: small enough that a face's scores stay near the bias, large
+    enough that every face, and a crop one grey level off, scores differently."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 2e-4, (64 * 64, 8)).astype(np.float32), rng.normal(0, 0.3, 8).astype(np.float32)
+
+
+def linear_model(path, batch=None):
+    """Input3 [batch,1,64,64] -> Flatten -> MatMul -> Add -> Plus692_Output_0 [batch,8]; batch None =
+    dynamic (opset 17, like our exports), batch 1 = the reference's opset 8 / IR 3 layout."""
+    weight, bias = standin_weights()
+    dim = batch or "N"
+    nodes = [helper.make_node("Flatten", ["Input3"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "W"], ["scores"]),
+             helper.make_node("Add", ["scores", "B"], ["Plus692_Output_0"])]
+    graph = helper.make_graph(
+        nodes, "linear", [helper.make_tensor_value_info("Input3", TensorProto.FLOAT, [dim, 1, 64, 64])],
+        [helper.make_tensor_value_info("Plus692_Output_0", TensorProto.FLOAT, [dim, 8])],
+        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8 if batch else 17)])
+    model.ir_version = 3 if batch else 8
+    onnx.save(model, str(path))
+    return path
+
+
+def expected_probabilities(gray, box):
+    """The stand-in's probabilities for the face in `box`, computed without the predictor: the box
+    cut out of the image (boxes here lie inside it and are square, so no margin and no padding),
+    resized to 64x64 (area averaging to shrink, bilinear to enlarge), through the same linear map."""
+    x, y, w, h = box
+    shrink = cv2.INTER_AREA if w > 64 else cv2.INTER_LINEAR
+    face = cv2.resize(gray[y:y + h, x:x + w], (64, 64), interpolation=shrink)
+    weight, bias = standin_weights()
+    return softmax((face.astype(np.float64).reshape(1, -1) @ weight + bias))[0]
+
+
+def linear_probabilities(gray, box, margin):
+    """The stand-in's probabilities for a face cropped as predict.py crops it."""
+    from ferkeras.deploy.faces import crop_face
+
+    weight, bias = standin_weights()
+    face = crop_face(gray, box, margin=margin, size=64).astype(np.float64)
+    return softmax(face.reshape(1, -1) @ weight + bias)[0]
+
+
 # ----------------------------------------------------------------------------- pictures
 
 FACE_SIDE = 140  # the side real FER+ faces are upscaled to before they are placed in a picture
+# Where the six faces of a composed picture go: two rows whose heads are not level.
+PLACES = [(30, 40), (250, 60), (470, 50), (30, 300), (250, 280), (470, 310)]
+CANVAS = (480, 640)
 
 
 def faint_noise(height, width, seed):
@@ -220,6 +280,77 @@ def faint_noise(height, width, seed):
 def upscaled(path):
     return cv2.resize(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), (FACE_SIDE, FACE_SIDE),
                       interpolation=cv2.INTER_CUBIC)
+
+
+def compose(faces, seed=2):
+    """A 640x480 gray picture with up to six FACE_SIDE faces at PLACES (in reading order)."""
+    canvas = faint_noise(*CANVAS, seed=seed)
+    for (x, y), face in zip(PLACES, faces):
+        canvas[y:y + FACE_SIDE, x:x + FACE_SIDE] = face
+    return canvas
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- commands in this process
+
+
+def run_in_process(main, argv, capsys):
+    """A command's `main` as its script runs it, in this process: (exit status, stdout, stderr)."""
+    from ferkeras.errors import run_cli
+
+    try:
+        code = run_cli(main, [str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code or 0, captured.out, captured.err
+
+
+class BatchWorker:
+    """tests/cli_batch.py --serve: one interpreter, TensorFlow loaded once, that runs lists of cases."""
+
+    def __init__(self):
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen([sys.executable, str(REPO / "tests" / "cli_batch.py"), "--serve"], cwd=REPO,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+
+    def run(self, cases_file):
+        self.process.stdin.write(f"{cases_file}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:  # it died: say how, and start afresh for the next caller
+            self.process.wait()
+            self.log.seek(0)
+            raise AssertionError(f"tests/cli_batch.py exited {self.process.returncode}: "
+                                 f"{self.log.read().decode(errors='replace')[-3000:]}")
+        return json.loads(line)
+
+    def stop(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+        self.process.stdout.close()
+        self.log.close()
+
+
+_batch_worker = []  # the session's BatchWorker, started by the first `batch`
+
+
+def batch(tmp_path, cases):
+    """Several (script, args[, env]) cases run as `python SCRIPT ARGS` runs, in the session's one
+    tests/cli_batch.py interpreter; their results as subprocess.CompletedProcess objects."""
+    listed = [{"script": str(case[0]), "argv": [str(a) for a in case[1]], "env": case[2] if len(case) > 2 else {}}
+              for case in cases]
+    cases_file = Path(tmp_path) / "cases.json"
+    cases_file.write_text(json.dumps(listed))
+    if not _batch_worker or _batch_worker[0].process.poll() is not None:
+        _batch_worker[:] = [BatchWorker()]
+        atexit.register(_batch_worker[0].stop)
+    results = _batch_worker[0].run(cases_file)
+    return [subprocess.CompletedProcess([case["script"], *case["argv"]], r["returncode"], r["stdout"], r["stderr"])
+            for case, r in zip(listed, results)]
 
 
 # ----------------------------------------------------------------------------- training runs
@@ -253,3 +384,36 @@ def assert_same_run(actual_dir, expected_dir):
     assert actual.keys() == expected.keys()
     for path, array in expected.items():
         np.testing.assert_array_equal(actual[path], array, err_msg=path)
+
+
+# ----------------------------------------------------------------------------- the service tests
+
+YUNET_SETTINGS = dict(score_threshold=0.9, nms_threshold=0.3, top_k=5000)  # ferkeras.service.web.YUNET
+SCREENSHOTS = []  # the page tests' screenshots, listed at the end of the run (tests/service/conftest.py)
+
+
+def yunet_faces(bgr, yunet, threshold=YUNET_SETTINGS["score_threshold"]):
+    """cv2.FaceDetectorYN on the picture letterboxed as the page does (640x640, black beyond it):
+    rows x, y, w, h, 5 landmarks, score, best first."""
+    height, width = bgr.shape[:2]
+    assert max(height, width) == 640, "the tests compare pictures the page feeds YuNet unscaled"
+    square = np.zeros((640, 640, 3), np.uint8)
+    square[:height, :width] = bgr
+    detector = cv2.FaceDetectorYN.create(str(yunet), "", (640, 640), threshold, YUNET_SETTINGS["nms_threshold"],
+                                         YUNET_SETTINGS["top_k"])
+    found = detector.detect(square)[1]
+    return np.zeros((0, 15), np.float32) if found is None else found
+
+
+def need_tool(name, install):
+    """The path of program `name`; without it the test is skipped, except in CI (.ci/run sets
+    FERKERAS_CI=1; CI=true is set there too), which installs it, so that there its absence fails."""
+    import pytest
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed ({install}); .ci/run installs it"
+        if os.environ.get("FERKERAS_CI") or os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

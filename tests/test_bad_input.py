@@ -3,10 +3,10 @@
 Each case asserts what the README promises: exit status 2, one `error:` line naming the file or the
 flag and the fix, no traceback, and nothing half-written or left behind. Cases that fail before
 TensorFlow loads run as plain subprocesses (a fraction of a second each); the others are grouped per
-family into one interpreter (`tests/cli_batch.py`: each case still runs the script file as
-`__main__`), so TensorFlow loads once per group. What needs a process of its own (Ctrl-C, kill -9,
-the sweep of what a killed process left) gets one. Training cases use FerNetS at 48 px on a few
-hundred real faces.
+family and run by the session's one `tests/cli_batch.py` interpreter (each case still runs the script
+file as `__main__`, its stdout and stderr captured at the file descriptors), so TensorFlow loads once.
+What needs a process of its own (Ctrl-C, kill -9, the sweep of what a killed process left) gets one.
+Training cases use FerNetS at 48 px on a few hundred real faces.
 """
 import io
 import json
@@ -28,7 +28,7 @@ from onnx import numpy_helper
 
 from ferkeras.train.config import resolve
 from ferkeras.errors import UserError, read_text, sweep_stale_temporaries, write_text_atomic
-from tests.test_predict import linear_model
+from tests.helpers import batch, linear_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model_name", "FerNetS", "--weights", "none", "--batch_size", "16", "--class_weights", "none",
@@ -41,19 +41,6 @@ def cli(script, *args, timeout=300):
     """One script in a fresh interpreter, as a user runs it."""
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def batch(tmp_path, cases):
-    """Several (script, args[, env]) cases in one interpreter (tests/cli_batch.py); their results."""
-    listed = [{"script": case[0], "argv": [str(a) for a in case[1]], "env": case[2] if len(case) > 2 else {}}
-              for case in cases]
-    cases_file = tmp_path / "cases.json"
-    cases_file.write_text(json.dumps(listed))
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "cli_batch.py"), str(cases_file)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return [subprocess.CompletedProcess(case["argv"], r["returncode"], r["stdout"], r["stderr"])
-            for case, r in zip(listed, json.loads(done.stdout))]
 
 
 def assert_user_error(result, *fragments):

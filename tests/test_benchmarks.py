@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import ferkeras
-from tests.test_predict import models  # noqa: F401  (a fixture: stand-in contract models)
 
 keras = ferkeras.import_keras_quietly()
 
@@ -260,7 +259,7 @@ def test_framing_and_speed_benchmarks_report_both_detectors(ferplus_dir, small_f
                                                              tmp_path):
     """benchmarks/face_framing.py and predict_speed.py, tiny, on real faces with a stand-in model."""
     from ferkeras.deploy.predict import make_detector
-    from tests.conftest import REAL_FERPLUS
+    from tests.helpers import REAL_FERPLUS
 
     if Path(ferplus_dir) != REAL_FERPLUS:
         pytest.skip("the benchmarks measure real faces")
@@ -291,6 +290,7 @@ def test_suite_time_reports_every_test_and_pytests_exit_status(tmp_path):
     assert results["pytest"].startswith("1 failed, 2 passed")
     assert [row["test"] for row in results["tests"]] == ["test_a.py::test_sleeps", "test_a.py::test_works",
                                                         "test_b.py::test_fails"]
+    assert [row["outcome"] for row in results["tests"]] == ["passed", "passed", "failed"]
     sleeps = results["tests"][0]
     assert sleeps["wall_s"] >= 0.2 and sleeps["cpu_s"] < sleeps["wall_s"]  # sleeping costs no CPU
     files = {row["file"]: row for row in results["per_file"]}

@@ -14,8 +14,7 @@ import pytest
 from ferkeras import CLASSES, __version__
 from ferkeras.cli import COMMANDS, main as ferkeras_main
 from ferkeras.deploy.faces import FaceDetector
-from tests.test_detectors import run_in_process
-from tests.test_predict import compose, expected_probabilities, faint_noise, models  # noqa: F401  (fixtures)
+from tests.helpers import compose, expected_probabilities, faint_noise, run_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 # A flag only that command has, to tell the help texts apart.

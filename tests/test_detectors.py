@@ -2,7 +2,7 @@
 
 YuNet (`cv2.FaceDetectorYN`, OpenCV Zoo's face_detection_yunet_2023mar.onnx) is the default detector
 of predict.py; these tests need its model file (tests/conftest.py `yunet_model`) and the real faces.
-The stand-in linear models of test_predict.py let every reported probability be recomputed here.
+The stand-in linear models (tests/conftest.py `models`) let every reported probability be recomputed here.
 """
 import json
 import threading
@@ -14,13 +14,12 @@ import pytest
 
 from ferkeras import CLASSES
 from ferkeras.commands.predict import main as predict_main
-from ferkeras.errors import UserError, run_cli
-from ferkeras.deploy.faces import YUNET_MARGIN, FaceDetector, YuNetDetector, crop_face
+from ferkeras.errors import UserError
+from ferkeras.deploy.faces import YUNET_MARGIN, FaceDetector, YuNetDetector
 from ferkeras.deploy.predict import (EmotionPredictor, box_iou, default_workers, make_detector, predict_command,
                               predict_images, predict_video)
-from tests.conftest import REAL_FERPLUS, read_label_rows
-from tests.test_predict import (FACE_SIDE, PLACES, compose, faint_noise, linear_weights,  # noqa: F401
-                                models, softmax)
+from tests.helpers import (FACE_SIDE, PLACES, REAL_FERPLUS, compose, faint_noise, linear_probabilities,
+                           read_label_rows, run_in_process)
 
 # Four faces per picture, 130 px, apart: in four pictures, the first 16 validation faces of FER+.
 SPREAD = [(40, 60), (360, 40), (60, 300), (380, 290)]
@@ -31,13 +30,6 @@ def centred_on(box, place, side):
     """Whether the centre of `box` lies on the face placed at `place` with side `side`."""
     x, y, w, h = box
     return place[0] <= x + w / 2 <= place[0] + side and place[1] <= y + h / 2 <= place[1] + side
-
-
-def linear_probabilities(gray, box, margin):
-    """The stand-in's probabilities for a face cropped as predict.py crops it."""
-    weight, bias = linear_weights()
-    face = crop_face(gray, box, margin=margin, size=64).astype(np.float64)
-    return softmax(face.reshape(1, -1) @ weight + bias)[0]
 
 
 @pytest.fixture(scope="module")
@@ -165,16 +157,6 @@ def test_video_frames_are_searched_with_yunet_and_faces_keep_their_tracks(real_f
 
 
 # ----------------------------------------------------------------------------- the command line
-
-def run_in_process(main, argv, capsys):
-    """A command's `main` as its script runs it, in this process: (exit status, stdout, stderr)."""
-    try:
-        code = run_cli(main, [str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code or 0, captured.out, captured.err
-
 
 def run_predict_main(argv, capsys):
     return run_in_process(predict_main, argv, capsys)

@@ -12,7 +12,7 @@ import pytest
 
 from ferkeras.deploy.downloads import YUNET, file_sha256, model_file_path, search_dirs, weights_cache_dir
 from ferkeras.errors import UserError
-from tests.test_predict import faint_noise, models  # noqa: F401  (a fixture)
+from tests.helpers import faint_noise
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,8 +23,7 @@ from packaging.requirements import Requirement
 
 from ferkeras import CLASSES
 from ferkeras.deploy.faces import YUNET_MARGIN, YuNetDetector
-from tests.test_detectors import linear_probabilities
-from tests.test_predict import compose, models  # noqa: F401  (fixtures)
+from tests.helpers import compose, linear_probabilities
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())

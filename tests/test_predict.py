@@ -1,6 +1,6 @@
 """predict.py: faces found in composed pictures of real FER+ faces, scored by stand-in ONNX models.
 
-The stand-in models are linear maps of the 64x64 pixels built with onnx.helper (one with a dynamic
+The stand-in models (tests/conftest.py `models`) are linear maps of the 64x64 pixels built with onnx.helper (one with a dynamic
 batch, one with the reference's fixed batch of 1), so every probability the predictor reports is
 recomputed here with numpy from the image pixels under the reported box. Detection tests place real
 FER+ faces (upscaled to 140 px) at known places on a faint noise background and need the real faces;
@@ -9,7 +9,6 @@ square and lie inside the picture, so the expected crops are plain slices); YuNe
 is tested in test_detectors.py.
 """
 import csv
-import json
 import struct
 import subprocess
 import sys
@@ -19,76 +18,16 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from ferkeras import CLASSES
 from ferkeras.errors import UserError
 from ferkeras.deploy.faces import FaceDetector, crop_face, read_image, read_image_color, reading_order
-from ferkeras.deploy.contract import softmax
 from ferkeras.deploy.predict import CLASS_COLOURS, NearestBoxTracker, box_iou, predict_command, predict_video
-from tests.helpers import FACE_SIDE, faint_noise
+from tests.helpers import CANVAS, FACE_SIDE, PLACES, compose, expected_probabilities, faint_noise, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
-# Where the six faces of the composed picture go: two rows whose heads are not level.
-PLACES = [(30, 40), (250, 60), (470, 50), (30, 300), (250, 280), (470, 310)]
-CANVAS = (480, 640)
 HEAVY_MODULES = ("tensorflow", "keras", "tf2onnx", "torch")
-
-
-# ----------------------------------------------------------------------------- stand-in models
-
-def linear_weights(seed=3):
-    rng = np.random.default_rng(seed)
-    return rng.normal(0, 2e-4, (64 * 64, 8)).astype(np.float32), rng.normal(0, 0.3, 8).astype(np.float32)
-
-
-def linear_model(path, batch=None):
-    """Input3 [batch,1,64,64] -> Flatten -> MatMul -> Add -> Plus692_Output_0 [batch,8]; batch None =
-    dynamic (opset 17, like our exports), batch 1 = the reference's opset 8 / IR 3 layout."""
-    weight, bias = linear_weights()
-    dim = batch or "N"
-    nodes = [helper.make_node("Flatten", ["Input3"], ["flat"], axis=1),
-             helper.make_node("MatMul", ["flat", "W"], ["scores"]),
-             helper.make_node("Add", ["scores", "B"], ["Plus692_Output_0"])]
-    graph = helper.make_graph(
-        nodes, "linear", [helper.make_tensor_value_info("Input3", TensorProto.FLOAT, [dim, 1, 64, 64])],
-        [helper.make_tensor_value_info("Plus692_Output_0", TensorProto.FLOAT, [dim, 8])],
-        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8 if batch else 17)])
-    model.ir_version = 3 if batch else 8
-    onnx.save(model, str(path))
-    return path
-
-
-def expected_probabilities(gray, box):
-    """The stand-in's probabilities for the face in `box`, computed without the predictor: the box
-    cut out of the image (boxes here lie inside it and are square, so no margin and no padding),
-    resized to 64x64 (area averaging to shrink, bilinear to enlarge), through the same linear map."""
-    x, y, w, h = box
-    shrink = cv2.INTER_AREA if w > 64 else cv2.INTER_LINEAR
-    face = cv2.resize(gray[y:y + h, x:x + w], (64, 64), interpolation=shrink)
-    weight, bias = linear_weights()
-    return softmax((face.astype(np.float64).reshape(1, -1) @ weight + bias))[0]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    return {"dynamic": linear_model(folder / "dynamic.onnx"),
-            "fixed": linear_model(folder / "fixed.onnx", batch=1)}
-
-
-# ----------------------------------------------------------------------------- composed pictures
-
-def compose(faces, seed=2):
-    canvas = faint_noise(*CANVAS, seed=seed)
-    for (x, y), face in zip(PLACES, faces):
-        canvas[y:y + FACE_SIDE, x:x + FACE_SIDE] = face
-    return canvas
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 # ----------------------------------------------------------------------------- detection and scoring

@@ -104,9 +104,10 @@ def test_warmup_ramps_the_learning_rate_step_by_step(small_ferplus, tmp_path):
 
 def test_ema_weights_are_validated_checkpointed_and_resumed_exactly(small_ferplus, tmp_path):
     flags = ["--ema", "0.9", "--dropout_rate", "0.0"]
-    fast_run(small_ferplus, tmp_path, "straight", "--nepochs", "3", *flags)
-    fast_run(small_ferplus, tmp_path, "resumed", "--nepochs", "2", *flags)
-    config, explicit = resolve(["--output_dir", str(tmp_path), "--name", "resumed", "--resume", "--nepochs", "3"])
+    # 2 epochs, resumed after the first: the average then differs from the raw weights (asserted below).
+    fast_run(small_ferplus, tmp_path, "straight", "--nepochs", "2", *flags)
+    fast_run(small_ferplus, tmp_path, "resumed", "--nepochs", "1", *flags)
+    config, explicit = resolve(["--output_dir", str(tmp_path), "--name", "resumed", "--resume", "--nepochs", "2"])
     train(config, explicit)
     straight = pd.read_csv(tmp_path / "straight" / "training.csv")
     resumed = pd.read_csv(tmp_path / "resumed" / "training.csv")

@@ -34,7 +34,7 @@ def test_shipped_model_has_the_contract_and_says_what_it_is(path):
 
 @pytest.mark.parametrize("path", [SHIPPED, SHIPPED_INT8], ids=["float", "int8"])
 def test_shipped_model_scores_valid_faces_as_its_card_says(path, ferplus_dir):
-    from tests.conftest import REAL_FERPLUS
+    from tests.helpers import REAL_FERPLUS
 
     if ferplus_dir != REAL_FERPLUS:
         pytest.skip("the card's accuracy is on real FER+ validation faces (../shared/data/ferplus is absent)")

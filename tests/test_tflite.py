@@ -18,6 +18,7 @@ from ferkeras.deploy.contract import softmax
 from ferkeras.export.onnx import MAX_SOFTMAX_DIFF
 from ferkeras.export.int8 import MIN_AGREEMENT
 from ferkeras.deploy.tflite import TfliteSession, check_tflite_contract, make_interpreter, sidecar_path, to_tflite_input
+from tests import helpers
 
 REPO = Path(__file__).resolve().parents[1]
 CALIBRATION = 60
@@ -150,9 +151,9 @@ def test_evaluate_cli_scores_the_tflite_file(trained_run, exported, small_ferplu
     from ferkeras.evaluate.report import load_eval_split
 
     run, _ = trained_run
-    done = subprocess.run([sys.executable, "evaluate.py", "--model", str(run / "model.int8.tflite"),
-                           "--data_dir", str(small_ferplus), "--out", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    # evaluate.py run as its own process runs it, in the session's one interpreter (TensorFlow loaded once).
+    (done,) = helpers.batch(tmp_path, [("evaluate.py", ["--model", run / "model.int8.tflite",
+                                                        "--data_dir", small_ferplus, "--out", tmp_path])])
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "eval_valid.json").read_text())
     assert report["model"]["format"] == "tflite" and report["model"]["quantization"].startswith("full-integer")

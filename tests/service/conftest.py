@@ -3,7 +3,7 @@
 - `fernet_onnx`: an untrained FerNetS (0.83 M parameters) exported with ferkeras.export.onnx, once per
   session: the kind of model the service ships, all of its operators run by onnxruntime and
   onnxruntime-web. Untrained, it gives every face about the same label.
-- `linear_onnx`: tests/test_predict.py's linear stand-in, whose labels differ from face to face and
+- `linear_onnx`: the linear stand-in of the predict tests (tests/helpers.py `linear_model`), whose labels differ from face to face and
   turn on single grey levels: the model that shows two pipelines crop the very same pixels.
 - `yunet_model`: the YuNet face detector (not committed: models/ or the shared weights folder).
 - `group_picture`: six real FER+ faces on a 640x480 background, saved as PNG, that YuNet finds
@@ -12,9 +12,7 @@
 """
 import hashlib
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -25,15 +23,12 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import REAL_FERPLUS, read_label_rows
-from tests.test_predict import FACE_SIDE, PLACES, faint_noise, linear_model
+from tests.helpers import (FACE_SIDE, PLACES, REAL_FERPLUS, REPO, SCREENSHOTS, YUNET_SETTINGS, compose,
+                           linear_model, read_label_rows, yunet_faces)
 
-REPO = Path(__file__).resolve().parents[2]
 YUNET_NAME = "face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 YUNET_PLACES = (REPO / "models" / YUNET_NAME, REPO.parent / "shared" / "weights" / YUNET_NAME)
-YUNET_SETTINGS = dict(score_threshold=0.9, nms_threshold=0.3, top_k=5000)  # ferkeras.service.web.YUNET
-SCREENSHOTS = []  # the page tests' screenshots, listed at the end of the run
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -71,22 +66,9 @@ def yunet_model():
                 "to fetch it)")
 
 
-def yunet_faces(bgr, yunet, threshold=YUNET_SETTINGS["score_threshold"]):
-    """cv2.FaceDetectorYN on the picture letterboxed as the page does (640x640, black beyond it):
-    rows x, y, w, h, 5 landmarks, score, best first."""
-    height, width = bgr.shape[:2]
-    assert max(height, width) == 640, "the tests compare pictures the page feeds YuNet unscaled"
-    square = np.zeros((640, 640, 3), np.uint8)
-    square[:height, :width] = bgr
-    detector = cv2.FaceDetectorYN.create(str(yunet), "", (640, 640), threshold, YUNET_SETTINGS["nms_threshold"],
-                                         YUNET_SETTINGS["top_k"])
-    found = detector.detect(square)[1]
-    return np.zeros((0, 15), np.float32) if found is None else found
-
-
 @pytest.fixture(scope="session")
 def group_picture(ferplus_dir, yunet_model, tmp_path_factory):
-    """Six validation faces placed as tests/test_predict.py places them, as an 8-bit gray PNG
+    """Six validation faces placed as tests/helpers.py `compose` places them, as an 8-bit gray PNG
     (which browsers and OpenCV decode to the same levels).
 
     The page and Python run YuNet on different engines, whose box coordinates differ by ~1e-5 px,
@@ -100,20 +82,13 @@ def group_picture(ferplus_dir, yunet_model, tmp_path_factory):
     for row in read_label_rows(folder / "label.csv")[:80]:
         face = cv2.resize(cv2.imread(str(folder / row[0]), cv2.IMREAD_GRAYSCALE), (FACE_SIDE, FACE_SIDE),
                           interpolation=cv2.INTER_CUBIC)
-        if clear_cut(compose_gray(picked + [face]), yunet_model, len(picked) + 1):
+        if clear_cut(compose(picked + [face]), yunet_model, len(picked) + 1):
             picked.append(face)
         if len(picked) == len(PLACES):
             path = tmp_path_factory.mktemp("group") / "group.png"
-            cv2.imwrite(str(path), compose_gray(picked))
+            cv2.imwrite(str(path), compose(picked))
             return path
     pytest.fail(f"only {len(picked)} of the first 80 validation faces make a clear-cut picture for YuNet")
-
-
-def compose_gray(faces):
-    canvas = faint_noise(480, 640, seed=2)
-    for (x, y), face in zip(PLACES, faces):
-        canvas[y:y + FACE_SIDE, x:x + FACE_SIDE] = face
-    return canvas
 
 
 def clear_cut(gray, yunet, count, threshold=YUNET_SETTINGS["score_threshold"]):
@@ -187,15 +162,3 @@ def start_server(tmp_path_factory):
     yield start
     for server in started:
         server.stop()
-
-
-def need_tool(name, install):
-    """The path of program `name`; without it the test is skipped, except in CI (.ci/run sets
-    FERKERAS_CI=1; CI=true is set there too), which installs it, so that there its absence fails."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed ({install}); .ci/run installs it"
-        if os.environ.get("FERKERAS_CI") or os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path

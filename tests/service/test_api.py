@@ -20,8 +20,7 @@ import pytest
 from ferkeras import CLASSES
 from ferkeras.deploy.predict import predict_command
 from ferkeras.service.images import image_size
-from tests.service.conftest import REPO
-from tests.test_predict import compose
+from tests.helpers import REPO, compose
 
 MAX_BYTES = 300_000
 MAX_PIXELS = 2_000_000

@@ -15,7 +15,7 @@ import pytest
 from ferkeras import CLASSES
 from ferkeras.deploy.faces import YUNET_MARGIN, crop_face, read_image, reading_order
 from ferkeras.deploy.predict import EmotionPredictor, box_iou
-from tests.service.conftest import SCREENSHOTS, need_tool, yunet_faces
+from tests.helpers import SCREENSHOTS, need_tool, yunet_faces
 
 TIMEOUT_MS = 180_000  # loading onnxruntime-web and two models on two busy cores
 
@@ -44,10 +44,13 @@ def wait_result(page):
 
 
 def listed_faces(page):
-    return [{"box": [int(v) for v in item.get_attribute("data-box").split(",")],
-             "label": item.get_attribute("data-label"),
-             "probabilities": json.loads(item.get_attribute("data-probabilities"))}
-            for item in page.query_selector_all("#results li")]
+    """The faces listed in #results, read in one call: one frame's list, not items of several frames
+    (the webcam loop replaces the list every frame), and one wait for the page's busy main thread
+    instead of one per attribute (which took most of the webcam test's 30 s)."""
+    items = page.evaluate("Array.from(document.querySelectorAll('#results li'), item => "
+                          "[item.dataset.box, item.dataset.label, item.dataset.probabilities])")
+    return [{"box": [int(v) for v in box.split(",")], "label": label, "probabilities": json.loads(probabilities)}
+            for box, label, probabilities in items]
 
 
 def python_pipeline(picture, model, yunet):

@@ -15,7 +15,7 @@ import pytest
 
 from ferkeras.deploy.faces import crop_face, reading_order
 from ferkeras.deploy.contract import softmax
-from tests.service.conftest import REPO, YUNET_SETTINGS, need_tool, yunet_faces
+from tests.helpers import REPO, YUNET_SETTINGS, need_tool, yunet_faces
 
 HARNESS = REPO / "tests" / "service" / "vision_harness.mjs"
 
