@@ -207,10 +207,13 @@ def test_a_run_that_cannot_start_leaves_no_folder_and_does_not_block_the_next(sm
 
 def test_ctrl_c_in_the_first_epoch_removes_the_run_and_says_what_works(small_ferplus, tmp_path):
     runs = tmp_path / "runs"
+    # An epoch of some seconds (160 px faces, 40 steps), and output unbuffered: the interrupt must land
+    # inside epoch 1 on a fast machine too (at 48 px a whole 2-epoch run took under a second on one).
     child = subprocess.Popen([sys.executable, str(REPO / "train.py"),
-                              *map(str, train_args(small_ferplus, runs, "r", "--batch_size", "4",
-                                                   "--nepochs", "2"))],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              *map(str, train_args(small_ferplus, runs, "r", "--batch_size", "8",
+                                                   "--image_size", "160", "--nepochs", "2"))],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     seen, deadline = b"", time.time() + 300
     while time.time() < deadline and b"Epoch 1/2" not in seen and child.poll() is None:
         seen += os.read(child.stdout.fileno(), 65536)
