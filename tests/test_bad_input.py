@@ -205,6 +205,12 @@ def test_a_run_that_cannot_start_leaves_no_folder_and_does_not_block_the_next(sm
     assert_user_error(results[5], f"process {os.getpid()} is starting this run right now")
 
 
+def default_sigint():
+    """Ctrl-C as a terminal delivers it: a job started in the background (`cmd &`, nohup) inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt, so the child restores the default first."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_in_the_first_epoch_removes_the_run_and_says_what_works(small_ferplus, tmp_path):
     runs = tmp_path / "runs"
     # An epoch of some seconds (160 px faces, 40 steps), and output unbuffered: the interrupt must land
@@ -213,7 +219,7 @@ def test_ctrl_c_in_the_first_epoch_removes_the_run_and_says_what_works(small_fer
                               *map(str, train_args(small_ferplus, runs, "r", "--batch_size", "8",
                                                    "--image_size", "160", "--nepochs", "2"))],
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=default_sigint)
     seen, deadline = b"", time.time() + 300
     while time.time() < deadline and b"Epoch 1/2" not in seen and child.poll() is None:
         seen += os.read(child.stdout.fileno(), 65536)
