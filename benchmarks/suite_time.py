@@ -71,7 +71,7 @@ def per_file(rows):
 
 
 def run_suite(repo, pytest_args):
-    """(pytest's exit status, its last output line, wall seconds, CPU seconds, per-test rows)."""
+    """(pytest's exit status, its last output line, wall seconds, CPU seconds, per-test rows, failure lines)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,8 +88,10 @@ def run_suite(repo, pytest_args):
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         rows = json.loads(rows_file.read_text()) if rows_file.is_file() else []
-    last_line = (done.stdout.strip().splitlines() or [""])[-1]
-    return done.returncode, last_line, wall, cpu, rows
+    lines = done.stdout.strip().splitlines() or [""]
+    # pytest's short summary (-ra): one "FAILED test - reason" line per failure, kept in the report.
+    failures = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    return done.returncode, lines[-1], wall, cpu, rows, failures
 
 
 def main(argv=None):
@@ -107,21 +109,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     with common.LoadWindow() as load:
-        status, summary, wall, cpu, rows = run_suite(args.repo, args.pytest_args)
+        status, summary, wall, cpu, rows, failures = run_suite(args.repo, args.pytest_args)
     print(f"pytest: {summary}")
     print(f"suite: {wall:.0f} s wall, {cpu:.0f} s CPU; load 1-min before / after {load.text()}")
     print(common.format_table((("file", "file", None), ("tests", "tests", None), ("wall s", "wall_s", "{:.1f}"),
                                ("CPU s", "cpu_s", "{:.1f}")), per_file(rows)))
-    for row in rows:
-        if row.get("outcome") == "failed":
-            print(f"failed: {row['test']}")
+    for line in failures:
+        print(line)
     slowest = sorted(rows, key=lambda row: -row["wall_s"])[:args.top]
     print(common.format_table((("test", "test", None), ("wall s", "wall_s", "{:.1f}"), ("CPU s", "cpu_s", "{:.1f}")),
                               slowest))
     command = common.command_line("benchmarks/suite_time.py", [shlex.quote(a) for a in (argv or sys.argv[1:])])
     common.write_report(args.out, "suite_time", command,
                         {"wall_s": wall, "cpu_s": cpu, "pytest": summary, "exit_status": status,
-                         "per_file": per_file(rows), "tests": rows},
+                         "failures": failures, "per_file": per_file(rows), "tests": rows},
                         extra={"repo": str(Path(args.repo).resolve()), **load.as_dict()})
     return status
 

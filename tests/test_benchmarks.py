@@ -291,6 +291,7 @@ def test_suite_time_reports_every_test_and_pytests_exit_status(tmp_path):
     assert [row["test"] for row in results["tests"]] == ["test_a.py::test_sleeps", "test_a.py::test_works",
                                                         "test_b.py::test_fails"]
     assert [row["outcome"] for row in results["tests"]] == ["passed", "passed", "failed"]
+    assert [line.split(" - ")[0] for line in results["failures"]] == ["FAILED test_b.py::test_fails"]
     sleeps = results["tests"][0]
     assert sleeps["wall_s"] >= 0.2 and sleeps["cpu_s"] < sleeps["wall_s"]  # sleeping costs no CPU
     files = {row["file"]: row for row in results["per_file"]}
