@@ -7,6 +7,7 @@ reference model fixes N to 1; ours leave it dynamic.
 This module imports neither TensorFlow nor Keras: a deployment tool that only has onnx, onnxruntime
 and OpenCV can check a model file, prepare faces and score them with it.
 """
+import abc
 from pathlib import Path
 
 import cv2
@@ -210,7 +211,7 @@ def check_class_count(count, source):
                         f"classes {', '.join(CLASSES)}); train it with train.py or pick another file")
 
 
-class Predictor:
+class Predictor(abc.ABC):
     """What every predictor has, whatever runs its model file (onnxruntime here, Keras in
     ferkeras.models.predictor, LiteRT in ferkeras.deploy.tflite, several at once in
     ferkeras.evaluate.ensemble): `logits(faces)`, `probabilities(faces)`, `describe()` and
@@ -219,9 +220,9 @@ class Predictor:
     kind = None
     batch_size = 64
 
+    @abc.abstractmethod
     def logits(self, faces):
         """float32 (N, 8) scores in CLASSES order."""
-        raise NotImplementedError
 
     def probabilities(self, faces):
         """float32 (N, 8) softmax probabilities in CLASSES order."""
@@ -229,9 +230,9 @@ class Predictor:
             return np.zeros((0, NUM_CLASSES), np.float32)
         return softmax(self.logits(faces)).astype(np.float32)
 
+    @abc.abstractmethod
     def describe(self):
         """What the model is, for reports: format, path, parameters..."""
-        raise NotImplementedError
 
 
 class OnnxPredictor(Predictor):
