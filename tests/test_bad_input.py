@@ -8,6 +8,7 @@ file as `__main__`, its stdout and stderr captured at the file descriptors), so 
 What needs a process of its own (Ctrl-C, kill -9, the sweep of what a killed process left) gets one.
 Training cases use FerNetS at 48 px on a few hundred real faces.
 """
+import contextlib
 import io
 import json
 import os
@@ -205,21 +206,29 @@ def test_a_run_that_cannot_start_leaves_no_folder_and_does_not_block_the_next(sm
     assert_user_error(results[5], f"process {os.getpid()} is starting this run right now")
 
 
-def default_sigint():
-    """Ctrl-C as a terminal delivers it: a job started in the background (`cmd &`, nohup) inherits SIGINT
-    ignored, and Python then never raises KeyboardInterrupt, so the child restores the default first."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+@contextlib.contextmanager
+def sigint_as_a_terminal_sends_it():
+    """A suite started in the background (`cmd &`, nohup) has SIGINT ignored, its children inherit that,
+    and Python then never raises KeyboardInterrupt. While a handler is installed here, a child starts with
+    the default action instead (exec resets handlers; only "ignored" is inherited). Not preexec_fn: it
+    runs Python in the forked child of a threaded process, which crashed it now and then."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_ctrl_c_in_the_first_epoch_removes_the_run_and_says_what_works(small_ferplus, tmp_path):
     runs = tmp_path / "runs"
     # An epoch of some seconds (160 px faces, 40 steps), and output unbuffered: the interrupt must land
     # inside epoch 1 on a fast machine too (at 48 px a whole 2-epoch run took under a second on one).
-    child = subprocess.Popen([sys.executable, str(REPO / "train.py"),
-                              *map(str, train_args(small_ferplus, runs, "r", "--batch_size", "8",
-                                                   "--image_size", "160", "--nepochs", "2"))],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=default_sigint)
+    with sigint_as_a_terminal_sends_it():
+        child = subprocess.Popen([sys.executable, str(REPO / "train.py"),
+                                  *map(str, train_args(small_ferplus, runs, "r", "--batch_size", "8",
+                                                       "--image_size", "160", "--nepochs", "2"))],
+                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     seen, deadline = b"", time.time() + 300
     while time.time() < deadline and b"Epoch 1/2" not in seen and child.poll() is None:
         seen += os.read(child.stdout.fileno(), 65536)
