@@ -8,7 +8,9 @@ pytest runs in a subprocess, in --repo, with this file as a plugin that times ea
 and teardown. CPU seconds count that process and its children (the tests' own subprocesses), all
 threads: they say how much work the suite is and are far less swayed by other jobs on shared cores
 than wall seconds, which say how long CI waits. The 1-minute load average before and after stands
-beside both. The exit status is pytest's, so a failing suite is not mistaken for a fast one.
+beside both. The exit status is pytest's, so a failing suite is not mistaken for a fast one; a failed
+test's row keeps the end of pytest's report of it (assertion and captured output). Under pytest-xdist
+(pytest.ini's -n 2) each worker times its own tests.
 """
 import argparse
 import json
@@ -34,6 +36,8 @@ def _cpu_seconds():
 
 _rows = []
 _outcomes = {}  # nodeid -> "passed", "failed", "skipped" (a failure in setup or teardown counts as failed)
+_failures = {}  # nodeid -> the end of pytest's report of the failure (its assertion, its captured output)
+FAILURE_CHARS = 4000
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -41,19 +45,23 @@ def pytest_runtest_protocol(item, nextitem):
     cpu, wall = _cpu_seconds(), time.perf_counter()
     yield
     _rows.append({"test": item.nodeid, "wall_s": time.perf_counter() - wall, "cpu_s": _cpu_seconds() - cpu,
-                  "outcome": _outcomes.get(item.nodeid, "passed")})
+                  "outcome": _outcomes.get(item.nodeid, "passed"),
+                  **({"failure": _failures[item.nodeid]} if item.nodeid in _failures else {})})
 
 
 def pytest_runtest_logreport(report):
     if report.failed:
         _outcomes[report.nodeid] = "failed"
+        _failures[report.nodeid] = report.longreprtext[-FAILURE_CHARS:]
     elif report.skipped and _outcomes.get(report.nodeid) != "failed":
         _outcomes[report.nodeid] = "skipped"
 
 
 def pytest_sessionfinish(session, exitstatus):
+    # Under pytest-xdist every worker runs its share of the tests and writes its own rows, named by its
+    # process id (the controller too, with none); the report reads them all.
     if os.environ.get(ROWS_ENV):
-        Path(os.environ[ROWS_ENV]).write_text(json.dumps(_rows))
+        Path(f"{os.environ[ROWS_ENV]}.{os.getpid()}").write_text(json.dumps(_rows))
 
 
 # ----------------------------------------------------------------------------- the report (outside it)
@@ -87,7 +95,8 @@ def run_suite(repo, pytest_args):
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-        rows = json.loads(rows_file.read_text()) if rows_file.is_file() else []
+        rows = [row for part in sorted(rows_file.parent.glob(rows_file.name + ".*"))
+                for row in json.loads(part.read_text())]
     lines = done.stdout.strip().splitlines() or [""]
     # pytest's short summary (-ra): one "FAILED test - reason" line per failure, kept in the report.
     failures = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]

@@ -292,6 +292,7 @@ def test_suite_time_reports_every_test_and_pytests_exit_status(tmp_path):
                                                         "test_b.py::test_fails"]
     assert [row["outcome"] for row in results["tests"]] == ["passed", "passed", "failed"]
     assert [line.split(" - ")[0] for line in results["failures"]] == ["FAILED test_b.py::test_fails"]
+    assert "assert False" in results["tests"][2]["failure"] and "failure" not in results["tests"][0]
     sleeps = results["tests"][0]
     assert sleeps["wall_s"] >= 0.2 and sleeps["cpu_s"] < sleeps["wall_s"]  # sleeping costs no CPU
     files = {row["file"]: row for row in results["per_file"]}
@@ -299,3 +300,9 @@ def test_suite_time_reports_every_test_and_pytests_exit_status(tmp_path):
     assert files["test_a.py"]["wall_s"] == pytest.approx(sum(r["wall_s"] for r in results["tests"][:2]))
     assert results["wall_s"] >= sum(r["wall_s"] for r in results["tests"])
     assert "--pytest_args 'test_a.py test_b.py'" in report["command"]
+    # In two pytest-xdist workers (pytest.ini's -n 2) each worker writes its own rows: all come back.
+    suite_time.main(["--repo", str(tmp_path), "--pytest_args", "-n 2 test_a.py test_b.py", "--out", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert results["pytest"].startswith("1 failed, 2 passed")
+    assert sorted((row["test"], row["outcome"]) for row in results["tests"]) == [
+        ("test_a.py::test_sleeps", "passed"), ("test_a.py::test_works", "passed"), ("test_b.py::test_fails", "failed")]

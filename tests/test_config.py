@@ -71,6 +71,10 @@ def test_help_documents_every_flag():
     assert out.returncode == 0, out.stderr
     for opt in OPTIONS:
         assert f"--{opt.name}" in out.stdout
+    # Each default said once, and never as "None" (such options say in words what stands in for them).
+    text = " ".join(out.stdout.split())
+    assert "(default: None)" not in text and "(default: 30)" in text
+    assert text.count("(default: <model_name>-<timestamp>)") == 1 and "<timestamp>) (default:" not in text
 
 
 def test_missing_recipe_is_one_line_error_without_traceback():

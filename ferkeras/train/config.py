@@ -268,8 +268,10 @@ def build_parser(description=None):
     parser.add_argument("--config", help="YAML recipe (see configs/); flags given here override it")
     groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
     for opt in OPTIONS:
-        # argparse expands %-formats in help texts; ours are plain text.
-        kwargs = {"help": f"{opt.help} (default: {opt.default})".replace("%", "%%")}
+        # argparse expands %-formats in help texts; ours are plain text. An option without a default
+        # value (None) says in its own help what stands in for it.
+        suffix = "" if opt.default is None or "(default:" in opt.help else f" (default: {opt.default})"
+        kwargs = {"help": f"{opt.help}{suffix}".replace("%", "%%")}
         if opt.type is bool:
             kwargs["action"] = "store_true"
         elif opt.multiple:
