@@ -306,3 +306,44 @@ def test_suite_time_reports_every_test_and_pytests_exit_status(tmp_path):
     assert results["pytest"].startswith("1 failed, 2 passed")
     assert sorted((row["test"], row["outcome"]) for row in results["tests"]) == [
         ("test_a.py::test_sleeps", "passed"), ("test_a.py::test_works", "passed"), ("test_b.py::test_fails", "failed")]
+
+
+def test_ablation_trains_each_row_once_scores_it_and_tabulates_it(small_ferplus, tmp_path, capsys, monkeypatch):
+    import subprocess
+
+    import yaml
+
+    ablation = load_script("ablation")
+    out, runs = tmp_path / "ablation.json", tmp_path / "runs"
+    argv = ["--data_dir", str(small_ferplus), "--rows", "recipe,label_smoothing", "--nepochs", "3",
+            "--train_limit", "48", "--output_dir", str(runs), "--out", str(out)]
+    assert ablation.main(argv) == 0
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == ["recipe", "label_smoothing"]
+    for row, smoothing in (("recipe", 0.0), ("label_smoothing", 0.1)):
+        result = results[row]
+        assert result["command"].startswith("python train.py --config configs/fernet_small.yaml")
+        config = yaml.safe_load((runs / f"ablation-{row}" / "config.yaml").read_text())
+        assert (config["model_name"], config["nepochs"], config["train_limit"]) == ("FerNetS", 3, 48)
+        assert config["label_smoothing"] == smoothing and config["training_mode"] == "crossentropy"
+        assert set(result["scores"]) == {"plain", "flip", "crops"} and 1 <= result["best_epoch"] <= 3
+        assert result["scores"]["plain"]["n"] == result["scores"]["crops"]["n"] > 0 and result["minutes"] > 0
+    printed = capsys.readouterr().out
+    delta = 100 * (results["label_smoothing"]["scores"]["plain"]["accuracy"] -
+                   results["recipe"]["scores"]["plain"]["accuracy"])
+    (line,) = [line for line in printed.splitlines() if line.startswith("| + label smoothing 0.1 |")]
+    assert f"| {delta:+.2f} |" in line and line.endswith("| --label_smoothing 0.1 |")
+
+    # Finished rows are neither trained nor scored again; a row stopped half-way resumes.
+    state = runs / "ablation-recipe" / "state.json"
+    before = state.stat().st_mtime_ns
+    assert ablation.main(argv) == 0
+    assert state.stat().st_mtime_ns == before
+    assert json.loads(out.read_text())["results"]["recipe"]["minutes"] == results["recipe"]["minutes"]
+    state.write_text(json.dumps({**json.loads(state.read_text()), "epoch": 2, "finished": False}))
+    commands = []
+    monkeypatch.setattr(ablation.subprocess, "run",
+                        lambda command, **_: commands.append(command) or subprocess.CompletedProcess(command, 0))
+    ablation.main(argv[:3] + ["recipe"] + argv[4:])
+    (command,) = commands
+    assert command[-1] == "--resume" and "--overwrite" not in command
