@@ -13,7 +13,8 @@ rows is the noise any other row's difference has to clear.
 
 Re-running the command continues: a finished run folder is only scored, an unfinished one resumes
 (`--resume`), so rows survive a stopped session. Each run's best_acc checkpoint is scored on Valid
-(majority protocol) without TTA, with flip and with crops TTA. The report (--out, JSON) keeps every row
+(majority protocol) without TTA, with flip and with crops TTA, and exported (`export.py --run`) the
+ONNX file is scored too: the deployed figure, on faces enlarged to the contract's 64 px. The report (--out, JSON) keeps every row
 with its command, minutes of training (summed over sessions) and the load average beside them; the
 Markdown table is printed.
 """
@@ -48,6 +49,8 @@ ROWS = (
     ("cutmix", "+ cutmix (alpha 0.2)", ("--mix", "cutmix")),
     ("no_warmup", "no warm-up (cosine from the first step)", ("--warmup_epochs", "0")),
     ("crop_flip", "crop/flip augmentation instead of ferplus", ("--augment", "crop_flip")),
+    ("contract_round_trip", "+ faces resized through the ONNX contract's 64 px in the graph, as deployed",
+     ("--contract_round_trip",)),
 )
 ROW_NAMES = tuple(name for name, _, _ in ROWS)
 
@@ -112,17 +115,31 @@ def train_row(row, args):
     return (time.perf_counter() - start) / 60
 
 
-def score_row(row, args):
-    """Valid metrics of the row's best_acc checkpoint: no TTA, flip and crops TTA."""
+def score_row(row, args, scores):
+    """Valid metrics of the row's best_acc checkpoint (no TTA, flip and crops TTA) and of its ONNX export;
+    `scores` holds those already measured, which are kept."""
     from ferkeras.evaluate.report import evaluate, load_eval_split
     from ferkeras.models.predictor import load_predictor
     from ferkeras.train.run_folder import model_file
 
-    predictor = load_predictor(model_file(run_dir(row, args)), 256)
     faces, labels, vote_dist = load_eval_split(args.data_dir, "valid")
-    flip = evaluate(predictor, faces, labels, vote_dist, "flip")
-    crops = evaluate(predictor, faces, labels, vote_dist, "crops")
-    return {"plain": flip["metrics_without_tta"], "flip": flip["metrics"], "crops": crops["metrics"]}
+    if "plain" not in scores:
+        predictor = load_predictor(model_file(run_dir(row, args)), 256)
+        flip = evaluate(predictor, faces, labels, vote_dist, "flip")
+        crops = evaluate(predictor, faces, labels, vote_dist, "crops")
+        scores.update(plain=flip["metrics_without_tta"], flip=flip["metrics"], crops=crops["metrics"])
+    if "exported" not in scores:
+        scores["exported"] = evaluate(load_predictor(export_row(row, args), 256), faces, labels, vote_dist)["metrics"]
+    return scores
+
+
+def export_row(row, args):
+    """The row's best_acc checkpoint exported as a user would (`export.py --run`); the ONNX file's path."""
+    folder = run_dir(row, args)
+    executed = [sys.executable, str(REPO / "export.py"), "--run", str(folder), "--data_dir", args.data_dir]
+    if subprocess.run(executed, stdout=subprocess.DEVNULL).returncode != 0:
+        raise UserError(f"row {row}: export.py failed (its error is above); fix it and run this command again")
+    return folder / "model.onnx"
 
 
 def best_epoch(row, args):
@@ -134,7 +151,7 @@ def best_epoch(row, args):
 def markdown(results):
     """The README's ablation table: one row per finished run, the difference to the recipe's."""
     base = results.get("recipe", {}).get("scores", {}).get("plain", {}).get("accuracy")
-    columns = ["row", "Valid", "vs recipe", "flip TTA", "crops TTA", "balanced", "recall: " + " / ".join(
+    columns = ["row", "Valid", "vs recipe", "flip TTA", "crops TTA", "exported ONNX", "balanced", "recall: " + " / ".join(
         c[:3] for c in CLASSES), "best epoch", "minutes", "flags"]
     cells = []
     for name, what, flags in ROWS:
@@ -144,8 +161,9 @@ def markdown(results):
         plain = result["scores"]["plain"]
         recalls = " / ".join(f"{100 * plain['per_class'][c]['recall']:.0f}" for c in CLASSES)
         delta = "" if base is None or name == "recipe" else f"{100 * (plain['accuracy'] - base):+.2f}"
+        exported = f"{result['scores']['exported']['accuracy']:.2%}" if "exported" in result["scores"] else ""
         cells.append([what, f"{plain['accuracy']:.2%}", delta, f"{result['scores']['flip']['accuracy']:.2%}",
-                      f"{result['scores']['crops']['accuracy']:.2%}", f"{plain['balanced_accuracy']:.1%}",
+                      f"{result['scores']['crops']['accuracy']:.2%}", exported, f"{plain['balanced_accuracy']:.1%}",
                       recalls, str(result.get("best_epoch")), f"{result.get('minutes', 0):.0f}",
                       " ".join(flags) or "(none)"])
     return common.markdown_table(columns, cells)
@@ -164,8 +182,9 @@ def main(argv=None):
             result["minutes"] = result.get("minutes", 0) + train_row(row, args)
             result["load_after"] = load_average()
             result.pop("scores", None)
-        if run_state(run_dir(row, args)) == "finished" and "scores" not in result:
-            result["scores"], result["best_epoch"] = score_row(row, args), best_epoch(row, args)
+        if run_state(run_dir(row, args)) == "finished" and "exported" not in result.get("scores", {}):
+            result["scores"] = score_row(row, args, result.get("scores", {}))
+            result["best_epoch"] = best_epoch(row, args)
         common.write_report(out, "ablation", common.command_line("benchmarks/ablation.py", argv), results,
                             {"nepochs": args.nepochs, "recipe": RECIPE})
     print(markdown(results))

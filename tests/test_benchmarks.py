@@ -326,13 +326,26 @@ def test_ablation_trains_each_row_once_scores_it_and_tabulates_it(small_ferplus,
         config = yaml.safe_load((runs / f"ablation-{row}" / "config.yaml").read_text())
         assert (config["model_name"], config["nepochs"], config["train_limit"]) == ("FerNetS", 3, 48)
         assert config["label_smoothing"] == smoothing and config["training_mode"] == "crossentropy"
-        assert set(result["scores"]) == {"plain", "flip", "crops"} and 1 <= result["best_epoch"] <= 3
+        assert set(result["scores"]) == {"plain", "flip", "crops", "exported"} and 1 <= result["best_epoch"] <= 3
         assert result["scores"]["plain"]["n"] == result["scores"]["crops"]["n"] > 0 and result["minutes"] > 0
+        # The exported file is what was scored: the deployed figure, on faces enlarged to 64 px.
+        assert (runs / f"ablation-{row}" / "model.onnx").is_file()
+        assert result["scores"]["exported"]["n"] == result["scores"]["plain"]["n"]
     printed = capsys.readouterr().out
     delta = 100 * (results["label_smoothing"]["scores"]["plain"]["accuracy"] -
                    results["recipe"]["scores"]["plain"]["accuracy"])
     (line,) = [line for line in printed.splitlines() if line.startswith("| + label smoothing 0.1 |")]
     assert f"| {delta:+.2f} |" in line and line.endswith("| --label_smoothing 0.1 |")
+    assert f"| {results['label_smoothing']['scores']['exported']['accuracy']:.2%} |" in line
+
+    # A report from before the ONNX column gets only that column measured: the other scores are kept.
+    report = json.loads(out.read_text())
+    del report["results"]["recipe"]["scores"]["exported"]
+    report["results"]["recipe"]["scores"]["plain"]["accuracy"] = 0.5
+    out.write_text(json.dumps(report))
+    assert ablation.main(argv) == 0
+    recipe = json.loads(out.read_text())["results"]["recipe"]["scores"]
+    assert recipe["plain"]["accuracy"] == 0.5 and recipe["exported"] == results["recipe"]["scores"]["exported"]
 
     # Finished rows are neither trained nor scored again; a row stopped half-way resumes.
     state = runs / "ablation-recipe" / "state.json"

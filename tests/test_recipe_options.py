@@ -220,6 +220,26 @@ def test_exported_ensemble_with_tta_is_one_contract_file_that_matches_keras(two_
     assert report["parity"]["top1_agreement"] == 1.0
 
 
+def test_contract_round_trip_shows_the_keras_model_what_its_exported_file_sees(small_ferplus, tmp_path):
+    from ferkeras.deploy.contract import ContractSession, to_contract_input
+    from ferkeras.evaluate.report import load_eval_split
+    from ferkeras.export.onnx import export_onnx
+    from ferkeras.train.run import new_model
+
+    faces = load_eval_split(str(small_ferplus), "valid")[0][:32]
+    model = new_model(resolve([*FAST, "--contract_round_trip"])[0])
+    assert model.get_layer("preprocess").via_size == 64
+    export_onnx(model, tmp_path / "model.onnx", faces=faces)
+    deployed = ContractSession(tmp_path / "model.onnx").logits(to_contract_input(faces))
+    keras_logits = lambda m: keras.ops.convert_to_numpy(m(faces.astype(np.float32)[..., None], training=False))
+    # The same weights without the round trip see the sharper 48 px faces, not the deployed ones.
+    plain = build_model("FerNetS", weights="none", dropout_rate=0.0)
+    plain.set_weights(model.get_weights())
+    assert np.abs(softmax(keras_logits(plain)) - softmax(deployed)).max() > 10 * np.abs(
+        softmax(keras_logits(model)) - softmax(deployed)).max()
+    np.testing.assert_allclose(softmax(keras_logits(model)), softmax(deployed), atol=1e-5)
+
+
 def test_the_documented_flag_table_is_the_option_table():
     from pathlib import Path
 

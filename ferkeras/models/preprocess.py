@@ -27,17 +27,24 @@ class FacePreprocess(keras.layers.Layer):
       the number of values in the resized 3-channel image, as FaceNet was trained;
     - "scale01": x / 255, one channel (the from-scratch VGG13).
 
+    With `via_size` (ONNX contract's 64, from `--contract_round_trip`) faces are first resized to
+    via_size x via_size and only then to image_size, the path an exported file's input takes (the
+    contract enlarges FER+'s 48 px faces to 64 before the graph shrinks them to the model's 48). The
+    Keras model then sees what the exported file sees: training, validation and the checkpoint's
+    figures are the deployed ones. A 64 px input makes the first resize an identity.
+
     Plain arithmetic on `keras.ops` rather than `keras.layers.Resizing` / `Normalization`: Resizing
     makes exported graphs run BatchNormalization in training mode, and Normalization carries state that
     the exporters handle poorly.
     """
 
-    def __init__(self, image_size, mode, **kwargs):
+    def __init__(self, image_size, mode, via_size=None, **kwargs):
         super().__init__(**kwargs)
         if mode not in PREPROCESS_MODES:
             raise ValueError(f"FacePreprocess mode must be one of {PREPROCESS_MODES}, got {mode!r}")
         self.image_size = int(image_size)
         self.mode = mode
+        self.via_size = int(via_size) if via_size else None
 
     @property
     def channels(self):
@@ -45,8 +52,9 @@ class FacePreprocess(keras.layers.Layer):
 
     def call(self, faces):
         x = ops.cast(faces, self.compute_dtype)
-        x = ops.image.resize(x, (self.image_size, self.image_size), interpolation="bilinear",
-                             antialias=False, data_format="channels_last")
+        if self.via_size:
+            x = _bilinear(x, self.via_size)
+        x = _bilinear(x, self.image_size)
         if self.mode == "scale01":
             return x / 255.0
         x = ops.concatenate([x, x, x], axis=-1)
@@ -65,6 +73,12 @@ class FacePreprocess(keras.layers.Layer):
         return (input_shape[0], self.image_size, self.image_size, self.channels)
 
     def get_config(self):
-        return {**super().get_config(), "image_size": self.image_size, "mode": self.mode}
+        return {**super().get_config(), "image_size": self.image_size, "mode": self.mode,
+                "via_size": self.via_size}
+
+
+def _bilinear(x, size):
+    return ops.image.resize(x, (size, size), interpolation="bilinear", antialias=False,
+                            data_format="channels_last")
 
 

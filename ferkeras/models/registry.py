@@ -23,6 +23,7 @@ import h5py
 import keras
 
 from ferkeras import NUM_CLASSES
+from ferkeras.deploy.contract import INPUT_SIZE as CONTRACT_INPUT_SIZE
 from ferkeras.errors import UserError, first_line
 from ferkeras.models.backbones import import_backbone, import_face_backbones
 from ferkeras.models.preprocess import FacePreprocess
@@ -64,7 +65,7 @@ def default_image_size(model_name):
 
 
 def build_model(model_name="ResNet50", weights="imagenet", image_size=None, dropout_rate=0.3,
-                allow_partial_weights=False):
+                allow_partial_weights=False, contract_round_trip=False):
     """Build a FER+ classifier: faces 0..255 -> FacePreprocess -> backbone -> Dropout -> Dense(8) logits.
 
     Args:
@@ -74,6 +75,8 @@ def build_model(model_name="ResNet50", weights="imagenet", image_size=None, drop
         image_size: side the graph resizes faces to; None or 0 for the backbone's default.
         dropout_rate: dropout before the final Dense(8).
         allow_partial_weights: accept a weights file that covers only part of the model.
+        contract_round_trip: resize faces to the ONNX contract's 64 px before image_size, as an exported
+            file's input is (`FacePreprocess`'s via_size).
     """
     spec = model_spec(model_name)
     image_size = _checked_image_size(model_name, spec, image_size)
@@ -85,7 +88,9 @@ def build_model(model_name="ResNet50", weights="imagenet", image_size=None, drop
     faces = keras.Input(shape=(None, None, 1), dtype="float32", name="faces")
     # Preprocessing and logits compute in float32 under --mixed_precision too: FaceNet's per-image
     # standardisation sums ~77k values (beyond float16's range), and losses and exports want float32 logits.
-    x = FacePreprocess(image_size, backbone.preprocess, name="preprocess", dtype="float32")(faces)
+    via_size = CONTRACT_INPUT_SIZE if contract_round_trip else None
+    x = FacePreprocess(image_size, backbone.preprocess, via_size=via_size, name="preprocess",
+                       dtype="float32")(faces)
     features = backbone.build(x)
     x = keras.layers.Dropout(dropout_rate, name="head_dropout")(features)
     logits = keras.layers.Dense(NUM_CLASSES, name="logits", dtype="float32")(x)

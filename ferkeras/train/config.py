@@ -151,6 +151,10 @@ OPTIONS = (
     Option("allow_partial_weights", False, "accept a weights file that covers only part of the backbone", bool, group="model"),
     Option("image_size", 0, "side the graph resizes faces to (0 = the backbone's default: 224 ResNet50/SeNet50, "
            "160 FaceNet, 64 VGG13, 48 FerNetS/FerNetM)", int, group="model", interval=AT_LEAST_0, cache_key=True),
+    Option("contract_round_trip", False, "resize faces in the graph to the ONNX contract's 64 px before "
+           "--image_size, as an exported file's input is: a 48 px model then trains and validates on what "
+           "it will see deployed (FER+'s 48 px faces enlarged to 64 and shrunk back), so its Keras figures "
+           "are the exported file's", bool, group="model", cache_key=True),
     Option("dropout_rate", 0.3, "dropout before the final Dense(8)", float, group="model",
            interval=FRACTION_BELOW_1),
     Option("freeze_before", 0, "freeze layers of the full model: N<0 freezes all but the last |N| layers, N>0 "

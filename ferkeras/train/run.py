@@ -267,7 +267,8 @@ def new_model(config):
     else:
         model = build_model(config.model_name, weights=config.weights,
                             image_size=config.image_size or None, dropout_rate=config.dropout_rate,
-                            allow_partial_weights=config.allow_partial_weights)
+                            allow_partial_weights=config.allow_partial_weights,
+                            contract_round_trip=config.contract_round_trip)
     print(freeze_summary(apply_freeze(model, config.freeze_before)))
     model.compile(optimizer=build_optimizer(config),
                   loss=loss_for_mode(config.training_mode, config.label_smoothing),
