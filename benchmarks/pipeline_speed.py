@@ -89,7 +89,8 @@ def main(argv=None):
     from ferkeras.train.run import make_batches
 
     images, targets, _ = load_labelled(args.data_dir, "train", "majority")
-    settings = argparse.Namespace(batch_size=args.batch_size, data_dir=args.data_dir, augment="crop_flip")
+    settings = argparse.Namespace(batch_size=args.batch_size, data_dir=args.data_dir, augment="crop_flip",
+                                  mixed_precision="none")
     rows = []
     for recipe in args.recipes:
         settings.augment = recipe

@@ -62,7 +62,8 @@ def train_config(spec, args, output_dir, train_faces=0, valid_faces=0, nepochs=2
     flags = ["--model_name", model_name, "--image_size", str(image_size), "--freeze_before", str(freeze_before),
              "--weights", "none", "--batch_size", str(args.batch_size), "--augment", args.augment,
              "--data_dir", str(args.data_dir), "--output_dir", str(output_dir), "--name", _run_name(spec),
-             "--nepochs", str(nepochs), "--train_limit", str(train_faces), "--valid_limit", str(valid_faces)]
+             "--nepochs", str(nepochs), "--train_limit", str(train_faces), "--valid_limit", str(valid_faces),
+             "--mixed_precision", args.mixed_precision]
     config, _ = resolve(flags)
     return config
 
@@ -77,14 +78,17 @@ def bare_step(config, train, budget_s, min_steps=3, max_steps=50):
     """Build the model as train.py does and time `train_on_batch` on one real batch.
 
     Returns (median wall seconds per step, median CPU seconds per step, steps timed, the model's
-    forward and training FLOPs per image).
+    forward and training FLOPs per image and the dtype policy it was built under).
     """
     import keras
 
+    from ferkeras.train.distribute import precision_policy
     from ferkeras.train.run import make_batches, new_model
 
-    model = new_model(config)
-    flops = {"forward": common.forward_flops(model), "training": common.training_flops(model)}
+    with precision_policy(config):  # as train.py builds it
+        model = new_model(config)
+    flops = {"forward": common.forward_flops(model), "training": common.training_flops(model),
+             "policy": model.dtype_policy.name}
     batch = make_batches(config, train)[0]
     # Two warm-up steps: tracing and the allocator's first growth are not steps.
     timed = time_calls(functools.partial(model.train_on_batch, *batch), min_steps, warmup=2, budget_s=budget_s,
@@ -192,7 +196,9 @@ def measure_config(spec, args, train, work_dir):
     """Every figure of one config, as a flat dict (the JSON row and the table row)."""
     from ferkeras.train.run import new_model  # noqa: F401  (fail early if the training module breaks)
 
-    row = {"config": spec, "batch_size": args.batch_size, "augment": args.augment}
+    row = {"config": spec, "batch_size": args.batch_size, "augment": args.augment,
+           "mixed_precision": args.mixed_precision, "precision": "float32" if args.mixed_precision == "none"
+           else args.mixed_precision}
     with common.LoadWindow() as load:
         # The reference rate is taken before, between and after the two measurements, and each is set
         # against the mean of the two around it, so a neighbour's job that starts or ends midway skews
@@ -216,6 +222,7 @@ def measure_config(spec, args, train, work_dir):
                matmul_e2e_gflop_per_cpu_s=(cpu_rates[1] + cpu_rates[2]) / 2,
                forward_gflop=flops["forward"] / 1e9, training_gflop=flops["training"] / 1e9,
                bare_step_s=step_s, bare_step_cpu_s=step_cpu_s, bare_steps_timed=timed_steps,
+               bare_step_policy=flops["policy"],
                valid_images=valid_faces, **epoch)
     row["matmul_text"] = " / ".join(f"{rate:.0f}" for rate in wall_rates)
     row.update(rates(row))
@@ -268,6 +275,7 @@ def rates(row):
 
 COLUMNS = (
     ("config", "config", None),
+    ("precision", "precision", None),
     ("train GFLOP/img", "training_gflop", "{:.2f}"),
     ("bare step img/s", "bare_img_s", "{:.1f}"),
     ("bare step % matmul", "bare_fraction", "{:.0%}"),
@@ -297,6 +305,8 @@ def build_parser():
     parser.add_argument("--batch_size", type=int, default=32, help="images per step (default: train.py's, 32)")
     parser.add_argument("--augment", default="crop_flip", choices=("none", "crop_flip", "ferplus"),
                         help="training augmentation (default: train.py's, crop_flip)")
+    parser.add_argument("--mixed_precision", default="none", choices=("none", "float16", "bfloat16"),
+                        help="train.py's --mixed_precision (bfloat16 pays on CPUs with AMX) (default: none)")
     parser.add_argument("--step_seconds", type=float, default=30,
                         help="time spent timing bare steps per config, at least 3 steps (default: 30)")
     parser.add_argument("--epoch_seconds", type=float, default=90,

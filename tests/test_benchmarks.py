@@ -190,6 +190,17 @@ def test_train_speed_runs_train_py_and_reports_every_figure(train_report):
     assert row["load_before"] >= 0 and row["load_after"] >= 0
 
 
+def test_train_speed_measures_mixed_precision_as_train_py_runs_it(small_ferplus, tmp_path):
+    out = tmp_path / "train_speed.json"
+    train_speed.main(["--data_dir", str(small_ferplus), "--configs", TINY, "--batch_size", "8",
+                      "--mixed_precision", "bfloat16", "--step_seconds", "0", "--epoch_seconds", "0",
+                      "--min_epoch_steps", "3", "--matmul_size", "256", "--matmul_repeats", "1", "--out", str(out)])
+    (row,) = json.loads(out.read_text())["results"]
+    assert (row["precision"], row["bare_step_policy"]) == ("bfloat16", "mixed_bfloat16")
+    assert row["steps"] == 3 and row["e2e_img_s"] > 0
+    assert ferkeras.import_keras_quietly().config.dtype_policy().name == "float32"  # restored for whatever runs next
+
+
 def test_pipeline_speed_compares_with_the_training_step(small_ferplus, train_report, tmp_path):
     pipeline_speed = load_script("pipeline_speed")
     train_json = tmp_path / "train.json"
