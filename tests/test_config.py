@@ -218,7 +218,7 @@ def test_resume_rules_and_cache_keys_come_from_the_option_table():
     assert set(RESUMABLE) == {"nepochs", "early_stopping_patience", "output_dir", "data_dir", "strategy"}
     assert RESUMABLE == tuple(opt.name for opt in OPTIONS if opt.resumable)
     assert set(CACHE_KEY_FIELDS) == {"model_name", "weights", "image_size", "freeze_before", "cache_views",
-                                     "seed", "data_dir", "train_limit"}
+                                     "seed", "data_dir", "train_limit", "contract_round_trip"}
     assert frozen_cache.CACHE_KEY_FIELDS == tuple(opt.name for opt in OPTIONS if opt.cache_key)
     assert distribute.STRATEGIES == OPTION_BY_NAME["strategy"].choices
 
