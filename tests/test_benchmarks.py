@@ -198,7 +198,7 @@ def test_train_speed_measures_mixed_precision_as_train_py_runs_it(small_ferplus,
     (row,) = json.loads(out.read_text())["results"]
     assert (row["precision"], row["bare_step_policy"]) == ("bfloat16", "mixed_bfloat16")
     assert row["steps"] == 3 and row["e2e_img_s"] > 0
-    assert ferkeras.import_keras_quietly().config.dtype_policy().name == "float32"  # restored for whatever runs next
+    assert keras.config.dtype_policy().name == "float32"  # restored for whatever runs next
 
 
 def test_pipeline_speed_compares_with_the_training_step(small_ferplus, train_report, tmp_path):
@@ -371,3 +371,43 @@ def test_ablation_trains_each_row_once_scores_it_and_tabulates_it(small_ferplus,
     ablation.main(argv[:3] + ["recipe"] + argv[4:])
     (command,) = commands
     assert command[-1] == "--resume" and "--overwrite" not in command
+
+
+def test_ensemble_search_scores_every_subset_as_evaluate_does_and_infers_each_member_once(
+        small_ferplus, tmp_path, capsys):
+    import os
+
+    from ferkeras.evaluate.report import evaluate_command
+
+    search = load_script("ensemble_search")
+    shipped = BENCHMARKS.parent / "models"
+    # Copies, so that touching one below leaves the repository's files alone.
+    members = []
+    for name in ("ferplus-small.onnx", "ferplus-small.int8.onnx"):
+        members.append(tmp_path / name)
+        members[-1].write_bytes((shipped / name).read_bytes())
+    out, probs = tmp_path / "search.json", tmp_path / "probs"
+    argv = ["--data_dir", str(small_ferplus), "--model", str(members[0]), "--model", str(members[1]),
+            "--tta", "flip", "--probs_dir", str(probs), "--out", str(out)]
+    assert search.main(argv) == 0
+    assert capsys.readouterr().out.count("inferring") == 2
+    rows = json.loads(out.read_text())["results"]
+    assert sorted(len(row["members"]) for row in rows) == [1, 1, 2]
+    assert [row["tta_accuracy"] for row in rows] == sorted((row["tta_accuracy"] for row in rows), reverse=True)
+    for row in rows:
+        paths = [str(tmp_path / name) for name in row["members"]]
+        report = evaluate_command(model=paths if len(paths) > 1 else paths[0], data_dir=str(small_ferplus),
+                                  tta="flip", out=str(tmp_path / "eval"))
+        assert row["tta_accuracy"] == pytest.approx(report["metrics"]["accuracy"])
+        assert row["accuracy"] == pytest.approx(report["metrics_without_tta"]["accuracy"])
+    capsys.readouterr()
+
+    # Called again, nothing is inferred; a member whose file changed is inferred again, alone.
+    assert search.main(argv) == 0
+    assert "inferring" not in capsys.readouterr().out
+    os.utime(members[1], ns=(members[1].stat().st_atime_ns, members[1].stat().st_mtime_ns + 10**9))
+    assert search.main(argv) == 0
+    assert capsys.readouterr().out.count("inferring") == 1
+
+    with pytest.raises(ferkeras.errors.UserError, match="expected 2 to 8 models, got 1"):
+        search.main(argv[:4] + argv[6:])

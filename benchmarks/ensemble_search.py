@@ -1,0 +1,134 @@
+"""Which ensemble to ship: every subset of the given models scored on Valid, each member inferred once.
+
+    python benchmarks/ensemble_search.py --data_dir ../shared/data/ferplus \
+        --run runs/fernet_s --run runs/fernet_s_kd --run runs/facenet_full --tta crops
+
+`evaluate.py --run a --run b ...` scores one ensemble; trying every combination of n models that way
+would infer each model 2^(n-1) times, and a FaceNet member takes minutes per pass. Here each member's
+probabilities (without TTA and with --tta) are computed once and kept in --probs_dir, keyed by the
+model file's path, size and modification time, so a later call with one more model infers only that
+one. An ensemble's probabilities are the mean of its members' (what `evaluate.py` and an exported
+ensemble compute, TTA included: the mean over views and the mean over members commute), so every
+subset is scored from the stored arrays.
+
+Prints a Markdown table, best TTA accuracy first: members, parameters, Valid accuracy without and with
+TTA, balanced accuracy, and the recall of each class. Writes every row to --out (JSON). The figure to
+publish is then checked with `evaluate.py` on the chosen members, and the file built with `export.py`.
+"""
+import argparse
+import hashlib
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (imports ferkeras first, which sets TensorFlow's environment)
+from ferkeras import CLASSES  # noqa: E402
+from ferkeras.errors import UserError, run_cli  # noqa: E402
+
+MAX_MEMBERS = 8  # 255 subsets: more would be a search of its own
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--run", action="append", default=[], help="a run folder (its --checkpoint); repeat")
+    parser.add_argument("--model", action="append", default=[], help="a .keras, .onnx or .tflite file; repeat")
+    parser.add_argument("--checkpoint", default="best_acc", help="with --run: which checkpoint (default: best_acc)")
+    parser.add_argument("--data_dir", required=True, help="FER+ data, e.g. ../shared/data/ferplus")
+    parser.add_argument("--tta", default="crops", choices=("flip", "crops"), help="test-time augmentation scored "
+                        "beside none (default: crops)")
+    parser.add_argument("--probs_dir", default="benchmarks/results/ensemble_probs",
+                        help="where each member's Valid probabilities are kept between calls (default: %(default)s)")
+    parser.add_argument("--out", default="benchmarks/results/ensemble_search.json", help="JSON report "
+                        "(default: %(default)s)")
+    args = parser.parse_args(argv)
+    count = len(args.run) + len(args.model)
+    if not 2 <= count <= MAX_MEMBERS:
+        raise UserError(f"--run / --model: expected 2 to {MAX_MEMBERS} models, got {count}")
+    return args
+
+
+def member_files(args):
+    from ferkeras.evaluate.ensemble import ensemble_members
+
+    paths = ensemble_members(args.run, args.model, args.checkpoint)  # a UserError names a missing file
+    names = [Path(r).name for r in args.run] + [Path(m).name for m in args.model]
+    if len(set(names)) != len(names):
+        raise UserError(f"--run / --model: two models share a name ({', '.join(names)}); the table tells them "
+                        "apart by name, so give each once")
+    return names, paths
+
+
+def stored_probabilities(name, path, faces, tta, probs_dir):
+    """(probabilities without TTA, with TTA, parameters) of one model: from probs_dir when the file is the
+    one scored then, else inferred and stored."""
+    from ferkeras.errors import atomic_path
+    from ferkeras.evaluate.tta import predict_probabilities
+    from ferkeras.models.predictor import load_predictor
+
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{tta}|{len(faces)}"
+    store = Path(probs_dir) / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    if store.is_file():
+        with np.load(store) as saved:
+            if str(saved["key"]) == key and len(saved["plain"]) == len(faces):
+                return saved["plain"], saved["tta"], int(saved["parameters"])
+    print(f"[ensemble_search] {name}: inferring {path} without TTA and with {tta} TTA", flush=True)
+    predictor = load_predictor(path, 256)
+    plain, averaged, _ = predict_probabilities(predictor, faces, tta)
+    parameters = int(predictor.describe().get("parameters") or 0)
+    with atomic_path(store) as tmp:
+        np.savez(tmp, key=key, plain=plain, tta=averaged, parameters=parameters)
+    return plain, averaged, parameters
+
+
+def score_subsets(names, scored, labels, vote_dist):
+    """One row per non-empty subset of the members (each alone too), best TTA accuracy first."""
+    from ferkeras.evaluate.metrics import classification_metrics
+
+    rows = []
+    for size in range(1, len(names) + 1):
+        for subset in itertools.combinations(range(len(names)), size):
+            plain = np.mean([scored[i][0] for i in subset], axis=0)
+            averaged = np.mean([scored[i][1] for i in subset], axis=0)
+            with_tta = classification_metrics(labels, averaged, vote_dist)
+            rows.append({"members": [names[i] for i in subset],
+                         "parameters": sum(scored[i][2] for i in subset),
+                         "accuracy": classification_metrics(labels, plain, vote_dist)["accuracy"],
+                         "tta_accuracy": with_tta["accuracy"],
+                         "tta_balanced_accuracy": with_tta["balanced_accuracy"],
+                         "tta_recall": {c: with_tta["per_class"][c]["recall"] for c in CLASSES}})
+    return sorted(rows, key=lambda row: (-row["tta_accuracy"], row["parameters"]))
+
+
+def markdown(rows, tta):
+    columns = ["members", "parameters (M)", "Valid", f"{tta} TTA", "balanced (TTA)",
+               "recall (TTA): " + " / ".join(c[:3] for c in CLASSES)]
+    cells = [[" + ".join(row["members"]), f"{row['parameters'] / 1e6:.2f}", f"{row['accuracy']:.2%}",
+              f"{row['tta_accuracy']:.2%}", f"{row['tta_balanced_accuracy']:.1%}",
+              " / ".join(f"{100 * row['tta_recall'][c]:.0f}" for c in CLASSES)] for row in rows]
+    return common.markdown_table(columns, cells)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    names, paths = member_files(args)
+    common.ferkeras.import_keras_quietly()
+    from ferkeras.evaluate.report import load_eval_split
+
+    faces, labels, vote_dist = load_eval_split(args.data_dir, "valid")
+    scored = [stored_probabilities(name, path, faces, args.tta, args.probs_dir) for name, path in zip(names, paths)]
+    rows = score_subsets(names, scored, labels, vote_dist)
+    common.write_report(args.out, "ensemble_search", common.command_line("benchmarks/ensemble_search.py", argv),
+                        rows, {"tta": args.tta, "members": dict(zip(names, map(str, paths))),
+                               "n_faces": int(len(faces))})
+    print(markdown(rows, args.tta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
