@@ -53,13 +53,17 @@ def parse_args(argv=None):
 
 
 def member_files(args):
+    """(names, model files): a run by its folder's name, a file by its name, or by folder/name where two
+    files share one (several runs' model.onnx)."""
     from ferkeras.evaluate.ensemble import ensemble_members
 
     paths = ensemble_members(args.run, args.model, args.checkpoint)  # a UserError names a missing file
-    names = [Path(r).name for r in args.run] + [Path(m).name for m in args.model]
+    files = [Path(m) for m in args.model]
+    names = [Path(r).name for r in args.run] + [f.name for f in files]
+    names[len(args.run):] = [f"{f.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name for f in files]
     if len(set(names)) != len(names):
-        raise UserError(f"--run / --model: two models share a name ({', '.join(names)}); the table tells them "
-                        "apart by name, so give each once")
+        raise UserError(f"--run / --model: two models go by the same name ({', '.join(names)}); the table tells "
+                        "them apart by name, so give each once")
     return names, paths
 
 
@@ -72,7 +76,7 @@ def stored_probabilities(name, path, faces, tta, probs_dir):
 
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{tta}|{len(faces)}"
-    store = Path(probs_dir) / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    store = Path(probs_dir) / f"{name.replace('/', '_')}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     if store.is_file():
         with np.load(store) as saved:
             if str(saved["key"]) == key and len(saved["plain"]) == len(faces):

@@ -411,3 +411,10 @@ def test_ensemble_search_scores_every_subset_as_evaluate_does_and_infers_each_me
 
     with pytest.raises(ferkeras.errors.UserError, match="expected 2 to 8 models, got 1"):
         search.main(argv[:4] + argv[6:])
+    # Files of the same name (every run's model.onnx) are told apart by their folders.
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "model.onnx").write_bytes(members[0].read_bytes())
+    args = search.parse_args(["--data_dir", "d", "--model", str(tmp_path / "a" / "model.onnx"),
+                              "--model", str(tmp_path / "b" / "model.onnx"), "--model", str(members[1])])
+    assert search.member_files(args)[0] == ["a/model.onnx", "b/model.onnx", "ferplus-small.int8.onnx"]
