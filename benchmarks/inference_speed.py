@@ -47,6 +47,8 @@ def build_parser():
     parser.add_argument("--repeats", type=int, default=5, help="timed calls for throughput (x4 for latency) (default: 5)")
     parser.add_argument("--eval_faces", type=int, default=0,
                         help="evaluate on the first N kept validation faces only (default: 0 = all)")
+    parser.add_argument("--onnx_only", action="store_true",
+                        help="time the ONNX file only: for folders without model.keras (an exported ensemble)")
     parser.add_argument("--out", help="also write every folder's rows into this one JSON report")
     return parser
 
@@ -67,10 +69,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     runs = [Path(run) for run in args.run]
     for run in runs:
-        for name in ("model.onnx", "model.keras"):
+        for name in ("model.onnx",) if args.onnx_only else ("model.onnx", "model.keras"):
             if not (run / name).is_file():
                 raise UserError(f"{run / name}: not found; --run needs folders with model.onnx and model.keras "
-                                "(python export.py --run ..., or benchmarks/export_time.py)")
+                                "(python export.py --run ..., or benchmarks/export_time.py), or --onnx_only")
     common.ferkeras.import_keras_quietly()
     from ferkeras.evaluate.report import load_eval_split
 
@@ -80,7 +82,7 @@ def main(argv=None):
     command = common.command_line("benchmarks/inference_speed.py", argv)
     rows = []
     for run in runs:
-        run_rows = measure_run(run, faces, args.repeats)
+        run_rows = measure_run(run, faces, args.repeats, with_keras=not args.onnx_only)
         print(common.format_table(COLUMNS, run_rows), flush=True)
         common.write_report(run / "inference_speed.json", "inference_speed", command, run_rows, summary(run, run_rows))
         rows += run_rows
@@ -91,8 +93,8 @@ def main(argv=None):
     return rows
 
 
-def measure_run(run, faces, repeats):
-    """The onnxruntime and Keras rows of one exported folder."""
+def measure_run(run, faces, repeats, with_keras=True):
+    """The onnxruntime and (with_keras) Keras rows of one exported folder."""
     from ferkeras.deploy.contract import INPUT_NAME, to_contract_input
     from ferkeras.models.predictor import KerasPredictor
     from ferkeras.deploy.contract import OnnxPredictor
@@ -101,28 +103,27 @@ def measure_run(run, faces, repeats):
     contract = to_contract_input(faces[:64])
     nhwc = contract.transpose(0, 2, 3, 1)
     onnx = OnnxPredictor(run / "model.onnx", batch_size=64)
-    model = load_model_file(run / "model.keras")
-    keras_predictor = KerasPredictor(model, batch_size=64, path=run / "model.keras")
     session = onnx.session.session
-    rows = [
-        measure("onnxruntime", onnx, lambda: session.run(None, {INPUT_NAME: contract[:1]}),
-                lambda: session.run(None, {INPUT_NAME: contract}), faces, repeats),
-        measure("keras", keras_predictor, lambda: model.predict_on_batch(nhwc[:1]),
-                lambda: model.predict_on_batch(nhwc), faces, repeats),
-    ]
+    rows = [measure("onnxruntime", onnx, lambda: session.run(None, {INPUT_NAME: contract[:1]}),
+                    lambda: session.run(None, {INPUT_NAME: contract}), faces, repeats)]
+    if with_keras:
+        model = load_model_file(run / "model.keras")
+        keras_predictor = KerasPredictor(model, batch_size=64, path=run / "model.keras")
+        rows.append(measure("keras", keras_predictor, lambda: model.predict_on_batch(nhwc[:1]),
+                            lambda: model.predict_on_batch(nhwc), faces, repeats))
     return [{"model": run.name, **row} for row in rows]
 
 
 def summary(run, rows):
     """The keys of the first version of this report, kept for what reads them."""
     by_runtime = {row["runtime"]: row for row in rows}
-    return {"onnx_batch1_ms": by_runtime["onnxruntime"]["batch1_ms"],
-            "keras_batch1_ms": by_runtime["keras"]["batch1_ms"],
-            "onnx_batch64_img_s": by_runtime["onnxruntime"]["batch64_img_s"],
-            "keras_batch64_img_s": by_runtime["keras"]["batch64_img_s"],
-            "onnx_eval_img_s": by_runtime["onnxruntime"]["eval_img_s"],
-            "keras_eval_img_s": by_runtime["keras"]["eval_img_s"],
-            "onnx_file_mb": (run / "model.onnx").stat().st_size / 1e6}
+    figures = {"onnx_file_mb": (run / "model.onnx").stat().st_size / 1e6}
+    for runtime, prefix in (("onnxruntime", "onnx"), ("keras", "keras")):
+        if runtime in by_runtime:
+            figures.update({f"{prefix}_batch1_ms": by_runtime[runtime]["batch1_ms"],
+                            f"{prefix}_batch64_img_s": by_runtime[runtime]["batch64_img_s"],
+                            f"{prefix}_eval_img_s": by_runtime[runtime]["eval_img_s"]})
+    return figures
 
 
 if __name__ == "__main__":

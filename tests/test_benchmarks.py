@@ -244,6 +244,15 @@ def test_export_time_then_inference_speed(small_ferplus, tmp_path):
     assert all(r["eval_faces"] == 40 and r["eval_img_s"] > 0 for r in report["results"])
     assert report["onnx_batch64_img_s"] == report["results"][0]["batch64_img_s"]
 
+    # An exported ensemble has no model.keras: --onnx_only times the file alone.
+    (folder / "model.keras").unlink()
+    with pytest.raises(ferkeras.errors.UserError, match="model.keras: not found.*--onnx_only"):
+        inference_speed.main(["--run", str(folder), "--data_dir", str(small_ferplus)])
+    inference_speed.main(["--run", str(folder), "--data_dir", str(small_ferplus), "--repeats", "1",
+                          "--eval_faces", "40", "--onnx_only"])
+    report = json.loads((folder / "inference_speed.json").read_text())
+    assert [r["runtime"] for r in report["results"]] == ["onnxruntime"] and "keras_batch1_ms" not in report
+
 
 def test_inference_speed_names_a_missing_export(small_ferplus, tmp_path):
     inference_speed = load_script("inference_speed")
