@@ -240,6 +240,22 @@ def test_contract_round_trip_shows_the_keras_model_what_its_exported_file_sees(s
     np.testing.assert_allclose(softmax(keras_logits(model)), softmax(deployed), atol=1e-5)
 
 
+def test_an_ensemble_with_a_bfloat16_member_exports_as_a_float32_contract_file(small_ferplus, tmp_path):
+    from ferkeras.deploy.contract import check_onnx_contract
+    from ferkeras.export.ensemble import averaged_model
+    from ferkeras.export.onnx import export_onnx
+    from ferkeras.train.distribute import precision_policy
+
+    with precision_policy(resolve(["--mixed_precision", "bfloat16"])[0]):
+        mixed = build_model("FerNetS", weights="none")
+    assert mixed.get_layer("logits").dtype_policy.name == "float32" and any(
+        layer.dtype_policy.name == "mixed_bfloat16" for layer in mixed.layers)
+    combined = averaged_model([mixed, build_model("FerNetS", weights="none")])
+    report = export_onnx(combined, tmp_path / "ensemble.onnx", data_dir=str(small_ferplus))
+    assert check_onnx_contract(tmp_path / "ensemble.onnx")["parameters"] > mixed.count_params()
+    assert report["parity"]["top1_agreement"] == 1.0
+
+
 def test_the_documented_flag_table_is_the_option_table():
     from pathlib import Path
 

@@ -15,6 +15,7 @@ from ferkeras import NUM_CLASSES
 from ferkeras.deploy.contract import INPUT_SIZE
 from ferkeras.errors import UserError
 from ferkeras.evaluate.tta import TTA_CHOICES, crop_boxes
+from ferkeras.train.distribute import float32_model
 
 
 @keras.saving.register_keras_serializable(package="ferkeras")
@@ -51,6 +52,9 @@ def averaged_model(members, tta="none"):
         if member.output_shape[-1] != NUM_CLASSES:
             raise UserError(f"member {index + 1} ({member.name}) scores {member.output_shape[-1]} classes, "
                             f"expected {NUM_CLASSES}")
+        # A mixed-precision member computes in float32 inside the file, as a single export does: onnxruntime
+        # refuses a bfloat16 graph, and the contract is float32.
+        member = float32_model(member)
         # A fresh Functional over the member's own layers, so that members of one architecture (same
         # model name) can sit side by side in one graph.
         renamed = keras.Model(member.inputs[0], member.outputs[0], name=f"member{index + 1}_{member.name}")
