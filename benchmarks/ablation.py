@@ -13,10 +13,10 @@ rows is the noise any other row's difference has to clear.
 
 Re-running the command continues: a finished run folder is only scored, an unfinished one resumes
 (`--resume`), so rows survive a stopped session. Each run's best_acc checkpoint is scored on Valid
-(majority protocol) without TTA, with flip and with crops TTA, and exported (`export.py --run`) the
-ONNX file is scored too: the deployed figure, on faces enlarged to the contract's 64 px. The report (--out, JSON) keeps every row
-with its command, minutes of training (summed over sessions) and the load average beside them; the
-Markdown table is printed.
+(majority protocol) without TTA, with flip and with crops TTA; it is also exported (`export.py --run`)
+and the ONNX file scored: the deployed figure, on faces enlarged to the contract's 64 px. The report
+(--out, JSON) keeps every row with its command, minutes of training (summed over sessions) and the
+load average beside them; the Markdown table is printed.
 """
 import argparse
 import json
