@@ -243,6 +243,22 @@ def test_ctrl_c_in_the_first_epoch_removes_the_run_and_says_what_works(small_fer
     assert not (runs / "r").exists()
 
 
+def test_ctrl_c_during_fit_waits_for_the_step_to_end_and_a_second_one_does_not():
+    import signal
+
+    from ferkeras.train.run import StopAtStepEnd, ctrl_c_between_steps
+
+    stopper = StopAtStepEnd()
+    with ctrl_c_between_steps(stopper):
+        assert signal.getsignal(signal.SIGINT) == stopper.request
+        stopper.request()  # the first Ctrl-C only asks
+        with pytest.raises(KeyboardInterrupt):
+            stopper.on_train_batch_end(0)  # ... and the step's end stops the run
+        with pytest.raises(KeyboardInterrupt):
+            stopper.request()  # a second one stops at once
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 # ----------------------------------------------------------------------------- 4, 5. damaged files, NaN scores
 
 def nan_keras(source, target):

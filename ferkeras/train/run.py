@@ -2,12 +2,15 @@
 
 A run folder (runs/<name>) holds everything a run made; its layout is `ferkeras.train.run_folder.RunFolder`.
 """
+import contextlib
 import functools
 import json
 import math
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 import zipfile
 from datetime import datetime
@@ -475,6 +478,46 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                         f"(it is {self.config.init_lr:g}) or check --class_weights")
 
 
+class StopAtStepEnd(keras.callbacks.Callback):
+    """Ctrl-C during fit stops the run at the end of the step under way, not inside it.
+
+    A KeyboardInterrupt raised while a TensorFlow step runs unwinds Python while the step's threads
+    still use its memory: now and then the process then aborted ("free(): invalid next size (fast)",
+    SIGABRT) instead of exiting with 130. The SIGINT handler only sets a flag; the callback raises the
+    KeyboardInterrupt between steps. A second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.requested = False
+
+    def request(self, signum=None, frame=None):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def _stop_if_requested(self, batch=None, logs=None):
+        if self.requested:
+            raise KeyboardInterrupt
+
+    on_train_batch_end = on_test_batch_end = _stop_if_requested
+
+
+@contextlib.contextmanager
+def ctrl_c_between_steps(stopper):
+    """Route SIGINT to `stopper` while fit runs, where Python's own handler is the one installed (not in a
+    process started with SIGINT ignored, nor outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, stopper.request)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def callbacks_for(config, run_dir, state, model=None):
     stateful = {"lr_policy": lr_callback(config)}
     warmup = [WarmUp(config.init_lr, config.warmup_epochs)] if config.warmup_epochs else []
@@ -527,15 +570,17 @@ def train(config, explicit=()):
     callbacks, recorder = callbacks_for(config, run_dir, state, model)
     before = finetune.accuracy_before(model, (valid_x, valid_t), run_dir) if config.finetune_from else None
     print(f"run folder: {run_dir}")
+    stopper = StopAtStepEnd()
     try:
-        history = fit_model.fit(batches, steps_per_epoch=len(batches), validation_data=valid_data,
-                                validation_batch_size=distribute.validation_batch_size(
-                                    max(config.batch_size, 64), len(valid_x), placement),
-                                epochs=config.nepochs, initial_epoch=initial_epoch,
-                                # The batches shuffle themselves by (seed, epoch); Keras' own shuffle of
-                                # their order (of a finite PyDataset) draws from Python's global RNG,
-                                # which a resumed run does not share with the uninterrupted one.
-                                shuffle=False, callbacks=callbacks, verbose=1)
+        with ctrl_c_between_steps(stopper):
+            history = fit_model.fit(batches, steps_per_epoch=len(batches), validation_data=valid_data,
+                                    validation_batch_size=distribute.validation_batch_size(
+                                        max(config.batch_size, 64), len(valid_x), placement),
+                                    epochs=config.nepochs, initial_epoch=initial_epoch,
+                                    # The batches shuffle themselves by (seed, epoch); Keras' own shuffle
+                                    # of their order (of a finite PyDataset) draws from Python's global
+                                    # RNG, which a resumed run does not share with the uninterrupted one.
+                                    shuffle=False, callbacks=[*callbacks, stopper], verbose=1)
     except KeyboardInterrupt:
         if _started(run_dir):
             print(f"\ninterrupted; continue with: python train.py --name {config.name} "
