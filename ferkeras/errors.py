@@ -40,7 +40,8 @@ def run_cli(main, argv=None):
         sys.stderr.flush()
         # Not sys.exit: the interrupt may have cut a TensorFlow step short while its threads still run,
         # and the interpreter's shutdown then freed memory they used: "free(): invalid next size
-        # (fast)" and SIGABRT instead of 130, seen in CI now and then. Everything the program
+        # (fast)" and SIGABRT instead of 130, seen in CI now and then (train.py also stops training
+        # between steps, `train.run.StopAtStepEnd`, since the same abort came mid-step). Everything the program
         # had to clean up (an unstarted run folder, temporary files) is done before the interrupt gets
         # here, and files are written atomically, so skipping the shutdown loses nothing.
         os._exit(130)
