@@ -291,4 +291,5 @@ def test_video_rows_are_per_frame_smoothed_and_the_annotated_video_is_written(fe
 
     (tmp_path / "not_a_video.mp4").write_text("text")
     with pytest.raises(UserError, match="not a readable video"):
-        predict_video(tmp_path / "not_a_video.mp4", models["dynamic"], out=tmp_path / "o2", progress=False)
+        predict_video(tmp_path / "not_a_video.mp4", models["dynamic"], out=tmp_path / "o2", no_detect=True,
+                      progress=False)

@@ -90,7 +90,8 @@ def group_picture_haar(tmp_path_factory, real_faces):
 
 
 @pytest.fixture(scope="module")
-def server(start_server, fernet_onnx):
+def server(start_server, fernet_onnx, yunet_model):
+    # yunet_model: the service's default detector, found in the session cache (a skip without the file)
     return start_server("--model", fernet_onnx, "--max_bytes", MAX_BYTES, "--max_pixels", MAX_PIXELS,
                         "--max_files", MAX_FILES)
 
@@ -282,7 +283,7 @@ def test_main_is_importable_by_the_ferkeras_command_and_raises_user_errors(tmp_p
         main(["--model", str(tmp_path / "missing.onnx")])
 
 
-def test_the_service_imports_no_tensorflow_or_keras(fernet_onnx):
+def test_the_service_imports_no_tensorflow_or_keras(fernet_onnx, yunet_model):
     code = ("import sys; from ferkeras.service.app import Settings, create_app; "
             f"create_app(Settings(model={str(fernet_onnx)!r})); "
             "print(sorted(m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules))")
