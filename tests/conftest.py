@@ -6,7 +6,8 @@
 - `small_kaggle`: the same faces as a Kaggle `fer2013.csv` + FERPlus `fer2013new.csv` pair.
 - `yunet_model`: the YuNet face detector file (../shared/weights), also put in the session's model
   cache so that the default detector finds it; tests that need it skip without it. No test downloads:
-  FERKERAS_NO_DOWNLOAD is set for the whole session.
+  FERKERAS_NO_DOWNLOAD is set for the whole session, and `loopback_only` fails any connection made
+  from the test process to an address other than this machine's.
 - `real_faces`: real FER+ faces, upscaled, that the face detector finds when each is shown alone.
 - `models`: the linear stand-ins of the contract model (tests/helpers.py `linear_model`), with a
   dynamic batch and with the reference's fixed batch of 1, whose scores numpy recomputes exactly.
@@ -15,6 +16,7 @@ Plain functions (the data builders among them) live in tests/helpers.py.
 """
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import cv2
@@ -30,6 +32,33 @@ from tests.helpers import (FACE_SIDE, FER2013_EMOTION, REAL_FERPLUS, SMALL_PER_C
 SHARED_YUNET = REAL_FERPLUS.parents[1] / "weights" / "face_detection_yunet_2023mar.onnx"
 # How many faces `real_faces` gives: the composed pictures of test_predict hold six.
 REAL_FACES = 6
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def loopback_only():
+    """No test touches the network: a socket of the test process may connect to this machine only (the
+    service tests' servers), so a test that would download or call out fails instead of passing online."""
+    connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def refuse_remote(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in LOOPBACK:
+            raise OSError(f"tests may not touch the network (a connection to {address[0]} was attempted)")
+
+    def guarded_connect(sock, address):
+        refuse_remote(sock, address)
+        return connect(sock, address)
+
+    def guarded_connect_ex(sock, address):
+        refuse_remote(sock, address)
+        return connect_ex(sock, address)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", guarded_connect)
+        patch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -103,3 +103,11 @@ def test_predict_without_a_detector_model_anywhere_says_how_to_get_one(models, t
                                   "are off"), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "--detector_model PATH" in done.stderr
     assert not (tmp_path / "predictions").exists()
+
+
+def test_the_suite_cannot_reach_the_network():
+    """conftest's `loopback_only`: a test that would call out fails offline and online alike."""
+    import socket
+
+    with socket.socket() as remote, pytest.raises(OSError, match="may not touch the network"):
+        remote.connect(("192.0.2.1", 80))  # TEST-NET-1: refused before any packet leaves
