@@ -169,6 +169,34 @@ def test_distillation_blends_the_teachers_probabilities_and_reuses_them_on_resum
     assert "reusing the teachers' probabilities" in capsys.readouterr().out
 
 
+def test_distill_reaugment_gives_fresh_faces_each_epoch_with_the_teachers_targets_of_the_face(small_ferplus, two_runs):
+    from ferkeras.train.distill import distilled_batches
+    from ferkeras.train.run import load_data
+    flags = ["--data_dir", str(small_ferplus), *FAST, "--augment", "ferplus", "--teacher", str(two_runs / "one"),
+             "--distill_views", "1"]
+    fast_run(small_ferplus, two_runs, "reaugmented", *flags[2:], "--distill_reaugment", "--nepochs", "1")
+    run_dir = two_runs / "reaugmented"
+    probs = np.load(run_dir / "distill" / "teacher_probs.npy")
+    assert probs.shape == (1, 128, 8)  # one teacher pass: the faces themselves
+
+    def first_batches(*extra):
+        config, _ = resolve([*flags, *extra])
+        train_set, _ = load_data(config)
+        batches = distilled_batches(config, train_set, run_dir, 0, None)
+        return train_set[0], [batches.batch(epoch, 0) for epoch in (0, 1)]
+
+    faces, fixed = first_batches()
+    _, fresh = first_batches("--distill_reaugment")
+    for (x_fixed, y_fixed), (x_fresh, y_fresh) in zip(fixed, fresh):
+        np.testing.assert_array_equal(y_fresh, y_fixed)  # the same blended targets, from the one scored view
+        assert not np.array_equal(x_fresh, x_fixed)
+    # Without it the student sees exactly the scored faces; with it, new draws of the recipe.
+    def stored(x):
+        return np.array([(faces == face[..., 0]).all(axis=(1, 2)).any() for face in x])
+    assert all(stored(x).all() for x, _ in fixed)
+    assert all(stored(x).mean() < 0.5 for x, _ in fresh)
+
+
 def test_a_missing_teacher_is_refused_before_anything_loads(small_ferplus, tmp_path):
     with pytest.raises(UserError, match="no such run folder|no such model file"):
         fast_run(small_ferplus, tmp_path, "s", "--teacher", str(tmp_path / "absent.keras"))

@@ -115,7 +115,7 @@ def test_resume_continues_the_run_as_if_uninterrupted_and_refuses_a_changed_expe
 
 # Options that a config.yaml written before ferkeras had them lacks (runs/fernet_s's, for one).
 NEWER_OPTIONS = ("erasing", "mix", "mix_alpha", "teacher", "distill_alpha", "distill_temperature", "distill_views",
-                 "detector", "label_smoothing", "ema")
+                 "distill_reaugment", "detector", "label_smoothing", "ema")
 
 
 def test_a_run_folder_of_an_older_version_resumes_and_keeps_what_it_does_not_know(trained_run, tmp_path):

@@ -124,6 +124,10 @@ OPTIONS = (
     Option("distill_views", 4, "--teacher: augmented views per training face whose teacher outputs are computed "
            "once, before training (the face, its mirror and distill_views-2 random crops); each epoch draws one",
            int, group="data", interval=AT_LEAST_1),
+    Option("distill_reaugment", False, "--teacher: augment each epoch's drawn view again with the --augment "
+           "recipe, the target staying the teacher's probabilities of the view it scored. For a teacher too "
+           "slow to score many views (FaceNet scores about 40 faces/s here): --distill_views 1 scores each face "
+           "once, and the student still sees a fresh draw of the recipe every epoch", bool, group="data"),
     Option("finetune_from", None, "start from this run's best checkpoint (runs/<name>) or a .keras file and "
            "train on your own faces: --data_dir then holds images and a label.csv ('image,emotion' or "
            "'image,' + 8 votes per row)", group="data"),
@@ -379,7 +383,7 @@ _APPLIES_ONLY = (
      "views: the face, its mirror and crop_flip crops)"),
     ("mix_alpha", lambda c: c.mix != "none", "with --mix mixup or cutmix"),
     *((name, lambda c: c.teacher, "with --teacher")
-      for name in ("distill_alpha", "distill_temperature", "distill_views")),
+      for name in ("distill_alpha", "distill_temperature", "distill_views", "distill_reaugment")),
     *((name, lambda c: c.finetune_from, "with --finetune_from")
       for name in ("holdout", "mix_ferplus", "no_detect", "min_face", "detector")),
     ("ferplus_dir", lambda c: c.finetune_from and c.mix_ferplus, "with --finetune_from and --mix_ferplus"),

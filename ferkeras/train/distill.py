@@ -9,7 +9,11 @@ its label-mode target and the teachers' softened probabilities:
 Teachers are only run once: each training face gets `distill_views` fixed views (the face, its mirror,
 then random draws of the --augment recipe, all seeded), the teachers score every view, and each epoch
 the student sees one view per face, drawn at random, with that view's teacher probabilities. So
-distillation costs one teacher pass over views x faces, then trains as fast as plain training. The
+distillation costs one teacher pass over views x faces, then trains as fast as plain training. With
+`--distill_reaugment` the drawn view is augmented again by the --augment recipe before the student
+sees it, its target left as the teacher scored the view: a slow teacher then scores each face once or
+twice (`--distill_views 1` or 2) and the student keeps the endless fresh draws plain training has,
+which a from-scratch compact network needs over a long schedule. The
 teachers' probabilities are kept in the run folder (`distill/teacher_probs.npy`), so --resume does not
 score them again.
 """
@@ -119,9 +123,10 @@ def distilled_batches(config, train, run_dir, epoch, class_weights):
     images, targets = train
     views = training_views(images, config.distill_views, config.augment, config.seed)
     probs = cached_teacher_probabilities(config, views, run_dir)
-    erasing = config.erasing
+    recipe = config.augment if config.distill_reaugment else "none"
+    fresh = recipe != "none" or config.erasing
     return DistilledBatches(
         views, probs, targets, config.batch_size, config.distill_alpha,
-        augmenter=build_augmenter("none", erasing=erasing) if erasing else None,
+        augmenter=build_augmenter(recipe, erasing=config.erasing) if fresh else None,
         sample_targets=config.training_mode == "probability", class_weights=class_weights,
         seed=config.seed, epoch=epoch, mix=config.mix, mix_alpha=config.mix_alpha)
