@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ferkeras  # noqa: E402  (sets TensorFlow's environment)
 from ferkeras.timing import items_per_second, load_average, time_calls  # noqa: E402
+from ferkeras.errors import write_text_atomic  # noqa: E402
 
 FERPLUS_TRAIN_FACES = 28_709  # images in FER2013Train; the label modes keep slightly fewer
 
@@ -43,7 +44,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=15, help="run length for the whole-run comparison")
     parser.add_argument("--seconds", type=float, default=20, help="timing window per measurement")
     parser.add_argument("--data_dir", default=os.environ.get("FERKERAS_DATA", "../shared/data/ferplus"))
-    parser.add_argument("--out", default="cache_frozen_speed.json")
+    parser.add_argument("--out", default="benchmarks/results/cache_frozen_speed.json", help="JSON report (default: %(default)s)")
     args = parser.parse_args(argv)
     ferkeras.import_keras_quietly()
     import numpy as np
@@ -81,7 +82,7 @@ def main(argv=None):
         "epochs": args.epochs, "load_average": load_average(),
     }
     result["speedup_whole_run"] = result["run_s_uncached"] / result["run_s_cached"]
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_text_atomic(args.out, json.dumps(result, indent=2))
     print(f"{args.model_name} @ {result['image_size']} px, freeze_before {args.freeze_before}, batch {args.batch_size}")
     print(f"  uncached training step  {uncached:8.1f} img/s  -> epoch of {n} faces {n / uncached / 60:6.1f} min")
     print(f"  cache build (inference) {build:8.1f} img/s  -> {views} views {n * views / build / 60:6.1f} min, once")

@@ -1,6 +1,6 @@
 """How each face detector's box frames a real FER+ face, compared with the FER+ crop itself.
 
-    python benchmarks/face_framing.py --data_dir PATH [--faces 300] [--out face_framing.json]
+    python benchmarks/face_framing.py --data_dir PATH [--faces 300] [--out benchmarks/results/face_framing.json]
 
 Each validation face (48x48, the FER+ crop) is upscaled to 140 px and shown alone in the middle of a
 280x280 faint noise picture; both detectors search it. For every face where a detector gives exactly
@@ -68,7 +68,7 @@ def main(argv=None):
                         help="FER+ data (default: $FERKERAS_DATA, else data/)")
     parser.add_argument("--faces", type=int, default=300, help="validation faces shown (default: 300)")
     parser.add_argument("--detector_model", help="YuNet ONNX file (default: found or fetched)")
-    parser.add_argument("--out", default="face_framing.json", help="JSON report (default: face_framing.json)")
+    parser.add_argument("--out", default="benchmarks/results/face_framing.json", help="JSON report (default: %(default)s)")
     args = parser.parse_args(argv)
     from ferkeras.data.ferplus import load_labelled
 

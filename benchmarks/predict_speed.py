@@ -161,7 +161,7 @@ def main(argv=None):
                         help="crop margins to score; the first is timed (default: each detector's FER+ margin)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime / OpenCV threads (0 = default)")
     parser.add_argument("--batch_size", type=int, default=64, help="faces per inference call (default: 64)")
-    parser.add_argument("--out", default="predict_speed.json", help="JSON report (default: predict_speed.json)")
+    parser.add_argument("--out", default="benchmarks/results/predict_speed.json", help="JSON report (default: %(default)s)")
     args = parser.parse_args(argv)
     for model in args.model:
         if not Path(model).is_file():

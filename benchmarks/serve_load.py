@@ -182,7 +182,7 @@ def main(argv=None):
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default: 8)")
     parser.add_argument("--requests", type=int, default=600, help="requests in all (default: 600)")
     parser.add_argument("--max_seconds", type=float, default=120, help="stop sending after this (default: 120)")
-    parser.add_argument("--out", default="serve_load.json", help="JSON report (default: serve_load.json)")
+    parser.add_argument("--out", default="benchmarks/results/serve_load.json", help="JSON report (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.model and not Path(args.model).is_file():
         raise UserError(f"{args.model}: no such ONNX file; give a contract model (export.py writes one)")
