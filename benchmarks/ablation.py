@@ -3,6 +3,8 @@
     python benchmarks/ablation.py --data_dir ../shared/data/ferplus                  # every row, in order
     python benchmarks/ablation.py --data_dir ../shared/data/ferplus --rows recipe,mixup
     python benchmarks/ablation.py --data_dir ../shared/data/ferplus --report_only    # the table so far
+    python benchmarks/ablation.py --data_dir ../shared/data/ferplus --rows distill \
+        --teacher runs/facenet_ce --teacher models/ferplus-small.onnx                # + a distillation row
 
 Every row is `train.py --config configs/fernet_small.yaml --nepochs N` plus the row's flags (ROWS), in
 its own run folder, <output_dir>/ablation-<row>. A short schedule (8 epochs, cosine over them) keeps a
@@ -53,16 +55,23 @@ ROWS = (
      ("--contract_round_trip",)),
     # Only where bfloat16 has hardware (AMX): on an AVX2-only CPU it trains several times slower.
     ("bfloat16", "bfloat16 mixed precision (CPUs with AMX)", ("--mixed_precision", "bfloat16")),
+    # Its flags are the --teacher runs given to this script: each training face scored once by them, the
+    # student's views augmented again every epoch (what a teacher as slow as FaceNet allows).
+    ("distill", "+ distillation from the --teacher runs (each face scored once, views re-augmented)", None),
 )
 ROW_NAMES = tuple(name for name, _, _ in ROWS)
+TEACHER_ROWS = ("distill",)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data_dir", required=True, help="FER+ data (Microsoft's layout)")
-    parser.add_argument("--rows", default=",".join(ROW_NAMES),
-                        help=f"comma-separated rows to run, in this order; known: {', '.join(ROW_NAMES)}")
+    parser.add_argument("--rows", default="all",
+                        help=f"comma-separated rows to run, in this order; known: {', '.join(ROW_NAMES)}; all = "
+                        "every row, the distill row only with --teacher")
+    parser.add_argument("--teacher", action="append", default=[],
+                        help="the distill row's teacher: a run folder or .keras / .onnx file; repeat for several")
     parser.add_argument("--nepochs", type=int, default=8, help="epochs per row (cosine over them)")
     parser.add_argument("--output_dir", default="runs", help="folder of the rows' run folders")
     parser.add_argument("--out", default="benchmarks/results/ablation.json", help="JSON report")
@@ -71,18 +80,32 @@ def parse_args(argv=None):
     parser.add_argument("--report_only", action="store_true",
                         help="train nothing: score the finished rows and print the table")
     args = parser.parse_args(argv)
-    args.rows = [row.strip() for row in args.rows.split(",") if row.strip()]
+    if args.rows == "all":
+        args.rows = [row for row in ROW_NAMES if args.teacher or row not in TEACHER_ROWS]
+    else:
+        args.rows = [row.strip() for row in args.rows.split(",") if row.strip()]
     unknown = [row for row in args.rows if row not in ROW_NAMES]
     if unknown:
         raise UserError(f"--rows: unknown row(s) {', '.join(unknown)}; expected some of {', '.join(ROW_NAMES)}")
+    if not args.teacher and set(args.rows) & set(TEACHER_ROWS):
+        raise UserError("--rows distill needs its teachers: add --teacher runs/<name> (a run folder or a "
+                        ".keras / .onnx file; repeat for several)")
     if args.nepochs < 3:
         raise UserError(f"--nepochs must be >= 3 (the recipe warms up for 2 epochs), got {args.nepochs}")
     return args
 
 
+def row_flags(row, args):
+    """The train.py flags a row adds to the recipe."""
+    if row == "distill":
+        teachers = [flag for teacher in args.teacher for flag in ("--teacher", teacher)]
+        return (*teachers, "--distill_views", "1", "--distill_reaugment")
+    return dict((name, flags) for name, _, flags in ROWS)[row]
+
+
 def train_command(row, args):
     """The train.py command line of a row (without --resume), as run from the repository's root."""
-    flags = dict((name, flags) for name, _, flags in ROWS)[row]
+    flags = row_flags(row, args)
     return ["python", "train.py", "--config", RECIPE, "--data_dir", args.data_dir, "--output_dir",
             args.output_dir, "--name", f"ablation-{row}", "--nepochs", str(args.nepochs), *flags,
             *(["--train_limit", str(args.train_limit)] if args.train_limit else [])]
@@ -160,6 +183,7 @@ def markdown(results):
         result = results.get(name)
         if not result or "scores" not in result:
             continue
+        flags = result.get("flags", flags)
         plain = result["scores"]["plain"]
         recalls = " / ".join(f"{100 * plain['per_class'][c]['recall']:.0f}" for c in CLASSES)
         delta = "" if base is None or name == "recipe" else f"{100 * (plain['accuracy'] - base):+.2f}"
@@ -179,6 +203,7 @@ def main(argv=None):
     for row in args.rows:
         result = results.setdefault(row, {})
         result["command"] = " ".join(train_command(row, args))
+        result["flags"] = list(row_flags(row, args))
         if not args.report_only and run_state(run_dir(row, args)) != "finished":
             result["load_before"] = load_average()
             result["minutes"] = result.get("minutes", 0) + train_row(row, args)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import ferkeras
+from ferkeras.errors import UserError
 
 keras = ferkeras.import_keras_quietly()
 
@@ -380,6 +381,25 @@ def test_ablation_trains_each_row_once_scores_it_and_tabulates_it(small_ferplus,
     ablation.main(argv[:3] + ["recipe"] + argv[4:])
     (command,) = commands
     assert command[-1] == "--resume" and "--overwrite" not in command
+
+
+def test_the_ablation_distill_row_trains_on_the_given_teachers_and_refuses_to_run_without(tmp_path, monkeypatch):
+    import subprocess
+
+    ablation = load_script("ablation")
+    out = tmp_path / "ablation.json"
+    argv = ["--data_dir", "data", "--rows", "distill", "--output_dir", str(tmp_path / "runs"), "--out", str(out)]
+    with pytest.raises(UserError, match="--rows distill needs its teachers: add --teacher"):
+        ablation.main(argv)
+    assert "distill" not in ablation.parse_args(["--data_dir", "data"]).rows  # every row but this one
+    commands = []
+    monkeypatch.setattr(ablation.subprocess, "run",
+                        lambda command, **_: commands.append(command) or subprocess.CompletedProcess(command, 0))
+    ablation.main([*argv, "--teacher", "runs/facenet", "--teacher", "models/small.onnx"])
+    (command,) = commands
+    flags = ["--teacher", "runs/facenet", "--teacher", "models/small.onnx", "--distill_views", "1", "--distill_reaugment"]
+    assert command[-len(flags):] == flags and "--name" in command and "ablation-distill" in command
+    assert json.loads(out.read_text())["results"]["distill"]["flags"] == flags
 
 
 def test_ensemble_search_scores_every_subset_as_evaluate_does_and_infers_each_member_once(
