@@ -126,7 +126,7 @@ OPTIONS = (
            int, group="data", interval=AT_LEAST_1),
     Option("distill_reaugment", False, "--teacher: augment each epoch's drawn view again with the --augment "
            "recipe, the target staying the teacher's probabilities of the view it scored. For a teacher too "
-           "slow to score many views (FaceNet scores about 40 faces/s here): --distill_views 1 scores each face "
+           "slow to score many views (FaceNet: about 34 faces/s on 2 CPU cores): --distill_views 1 scores each face "
            "once, and the student still sees a fresh draw of the recipe every epoch", bool, group="data"),
     Option("finetune_from", None, "start from this run's best checkpoint (runs/<name>) or a .keras file and "
            "train on your own faces: --data_dir then holds images and a label.csv ('image,emotion' or "
