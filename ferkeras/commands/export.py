@@ -7,6 +7,7 @@
     python export.py --run runs/quick --quantize int8        # also runs/quick/model.int8.onnx
     python export.py --model runs/quick/model.onnx --quantize int8   # quantize an existing export
     python export.py --run runs/a --run runs/b --tta flip --out ensemble.onnx   # one file, both models
+    python export.py --model models/ferplus-small.onnx --run runs/b --out ensemble.onnx  # .onnx members too
     python export.py --run runs/quick --format tflite --quantize int8  # model.tflite + model.int8.tflite
 
 The ONNX file takes Input3 float32 [N,1,64,64] (raw grayscale 0..255, NCHW) and returns
@@ -34,11 +35,12 @@ def build_parser():
     parser.add_argument("--format", default="onnx",
                         help=f"{' / '.join(FORMATS)}: ONNX (the emotion-ferplus-8 contract) or TFLite for phones and "
                              "edge boards (NHWC [N,64,64,1], same pixels and scores) (default: onnx)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--run", action="append", help="run folder made by train.py (runs/<name>); repeat for an "
+    parser.add_argument("--run", action="append", help="run folder made by train.py (runs/<name>); repeat for an "
                         "ensemble: one ONNX file that runs every member and averages their probabilities")
-    source.add_argument("--model", help="a .keras model to export (or, with --check_reference or --quantize, "
-                                        "an exported .onnx file)")
+    parser.add_argument("--model", action="append",
+                        help="a .keras model to export (or, with --check_reference or --quantize, an exported "
+                             ".onnx file); repeat, or add to --run, for an ensemble, whose members may be .onnx "
+                             "files (a shipped model, an int8 copy)")
     parser.add_argument("--checkpoint", default="best_acc",
                         help="with --run: best_acc, best_loss, last or a file path (default: best_acc)")
     parser.add_argument("--out", help="ONNX path (default: model.onnx in the run folder or beside --model); "
@@ -125,12 +127,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.format not in FORMATS:
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {args.format!r}")
-    runs = args.run or []
+    runs, models = args.run or [], args.model or []
+    ensemble = len(runs) + len(models) > 1 or args.tta != "none"
     if args.format == "tflite":
-        if len(runs) > 1 or args.tta != "none":
-            raise UserError("--format tflite exports one model; drop the extra --run and --tta, or export the "
-                            "ensemble as ONNX")
-        args.run = runs[0] if runs else None
+        if ensemble:
+            raise UserError("--format tflite exports one model; drop the extra --run / --model and --tta, or "
+                            "export the ensemble as ONNX")
+        args.run, args.model = (runs or [None])[0], (models or [None])[0]
         return export_tflite(args)
     if not (args.run or args.model or args.check_reference):
         raise UserError("nothing to do: give --run runs/<name> or --model FILE.keras to export, and/or "
@@ -138,17 +141,17 @@ def main(argv=None):
     from ferkeras.train.run_folder import run_config
     from ferkeras.export.reference import check_reference
 
-    if len(runs) > 1 or args.tta != "none":
+    if ensemble:
         if args.quantize is not None or args.check_reference or args.saved_model:
             raise UserError("--quantize, --check_reference and --saved_model work on one model; export the ensemble "
-                            "or TTA graph first, then pass its .onnx to --model")
+                            "or TTA graph first, then pass its .onnx to --model (or give int8 members)")
         ferkeras.import_keras_quietly()
         from ferkeras.export.ensemble import export_ensemble_command
-        export_ensemble_command(runs, [args.model] if args.model else [], args.checkpoint, args.tta, args.out,
+        export_ensemble_command(runs, models, args.checkpoint, args.tta, args.out,
                                 opset=args.opset, input_name=args.input_name, output_name=args.output_name,
                                 data_dir=args.data_dir)
         return
-    args.run = runs[0] if runs else None
+    args.run, args.model = (runs or [None])[0], (models or [None])[0]
     data_dir = args.data_dir or (run_config(args.run).data_dir if args.run else None)
     # An .onnx --model is only quantized or scored against the reference; anything else is exported first.
     onnx_model = args.model if args.model and args.model.lower().endswith(".onnx") and \

@@ -7,14 +7,19 @@ The output is the log of the averaged probabilities: the contract's "scores", wh
 predict.py and every other reader does) is the average itself. The views are the ones
 `ferkeras.evaluate.report.tta_views` makes for `evaluate.py --tta`, on the contract's 64x64 input; each
 member resizes them to its own side in its preprocessing layer, as it does any face.
+
+An ensemble with an .onnx member (a shipped file, an int8 copy, the Model Zoo reference) has no Keras
+graph to build: `export_ensemble_command` hands it to `ferkeras.export.onnx_ensemble`, which merges the
+members' ONNX graphs instead.
 """
 import keras
+import numpy as np
 from keras import ops
 
 from ferkeras import NUM_CLASSES
 from ferkeras.deploy.contract import INPUT_SIZE
 from ferkeras.errors import UserError
-from ferkeras.evaluate.tta import TTA_CHOICES, crop_boxes
+from ferkeras.evaluate.tta import TTA_CHOICES, crop_boxes, tta_views
 from ferkeras.train.distribute import float32_model
 
 
@@ -67,8 +72,22 @@ def averaged_model(members, tta="none"):
     return keras.Model(faces, scores, name=f"ferkeras_ensemble_{len(members)}x{len(probabilities) // len(members)}")
 
 
+def default_ensemble_out(paths, tta):
+    """ensemble.onnx for several members; beside a single member, its TTA graph."""
+    from pathlib import Path
+
+    if len(paths) > 1:
+        return Path("ensemble.onnx")
+    source = Path(paths[0])
+    if source.suffix.lower() == ".onnx":
+        return source.with_name(f"{source.stem}.tta-{tta}.onnx")
+    return source.parent.parent / f"model.tta-{tta}.onnx"  # runs/<name>/checkpoints/<which>.keras
+
+
 def export_ensemble_command(runs=(), models=(), checkpoint="best_acc", tta="none", out=None, **export_options):
-    """What `export.py --run a --run b ... [--tta crops]` does: one verified ONNX file averaging them."""
+    """What `export.py --run a --run b ... [--model c.onnx ...] [--tta crops]` does: one verified ONNX file
+    averaging them. Keras members only: one Keras graph, converted; any .onnx member: the members' ONNX
+    graphs merged (ferkeras.export.onnx_ensemble)."""
     from pathlib import Path
 
     from ferkeras.evaluate.ensemble import ensemble_members
@@ -78,23 +97,30 @@ def export_ensemble_command(runs=(), models=(), checkpoint="best_acc", tta="none
     from ferkeras.models.weights import load_model_file
 
     paths = ensemble_members(runs, models, checkpoint)
-    if any(p.suffix.lower() != ".keras" for p in paths):
-        raise UserError("an ensemble or TTA export needs .keras models (give --run runs/<name> or --model "
-                        "FILE.keras for each member)")
-    if out is None:
-        out = Path("ensemble.onnx") if len(paths) > 1 else paths[0].parent.parent / f"model.tta-{tta}.onnx"
-    out = Path(out)
+    suffixes = {p.suffix.lower() for p in paths}
+    if not suffixes <= {".keras", ".onnx"}:
+        odd = next(p for p in paths if p.suffix.lower() not in (".keras", ".onnx"))
+        raise UserError(f"{odd}: an ensemble member must be a .keras or .onnx file, got {odd.suffix or 'no suffix'}; "
+                        "give --run runs/<name>, --model FILE.keras or --model FILE.onnx for each member")
+    out = Path(out) if out is not None else default_ensemble_out(paths, tta)
     if out.suffix.lower() != ".onnx":
         raise UserError(f"--out {out}: expected a file name ending in .onnx")
+    if out.resolve() in {p.resolve() for p in paths}:
+        raise UserError(f"--out {out}: is one of the members; give the ensemble another file name")
     data_dir = export_options.pop("data_dir", None) or next(
         (run_config(r).data_dir for r in runs if run_config(r).data_dir), None)
-    combined = averaged_model([load_model_file(p) for p in paths], tta)
-    config = {"name": f"average of {len(paths)} model(s), TTA {tta}", "members": [str(p) for p in paths],
-              "tta": tta}
-    report = export_onnx(combined, out, config, source=paths[0], data_dir=data_dir, **export_options)
+    if ".onnx" in suffixes:
+        from ferkeras.export.onnx_ensemble import export_onnx_ensemble
+
+        report = export_onnx_ensemble(paths, out, tta, data_dir=data_dir, **export_options)
+    else:
+        combined = averaged_model([load_model_file(p) for p in paths], tta)
+        config = {"name": f"average of {len(paths)} model(s), TTA {tta}", "members": [str(p) for p in paths],
+                  "tta": tta}
+        report = export_onnx(combined, out, config, source=paths[0], data_dir=data_dir, **export_options)
+    views = len(tta_views(np.zeros((1, INPUT_SIZE, INPUT_SIZE), np.uint8), tta))
     print(f"wrote {out} ({report['size_bytes'] / 1e6:.1f} MB, {report['parameters']:,} parameters): "
-          f"{len(paths)} member(s) x {len(tta_view_tensors(keras.Input((INPUT_SIZE, INPUT_SIZE, 1)), tta))} "
-          f"view(s), probabilities averaged")
+          f"{len(paths)} member(s) x {views} view(s), probabilities averaged")
     parity = report["parity"]
     print(f"parity on {parity['source']}: max softmax difference {parity['max_softmax_diff']:.2e}, "
           f"top-1 agreement {parity['top1_agreement']:.2%}")
