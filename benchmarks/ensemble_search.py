@@ -13,7 +13,8 @@ subset is scored from the stored arrays.
 
 Prints a Markdown table, best TTA accuracy first: members, parameters, Valid accuracy without and with
 TTA, balanced accuracy, and the recall of each class. Writes every row to --out (JSON). The figure to
-publish is then checked with `evaluate.py` on the chosen members, and the file built with `export.py`.
+publish is then checked with `evaluate.py` on the chosen members, and the file built with `export.py`
+(`--run` or `--model` per member; .onnx members are merged as they are).
 """
 import argparse
 import hashlib
