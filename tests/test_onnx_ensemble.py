@@ -105,3 +105,14 @@ def test_a_member_that_is_not_a_contract_file_is_named_in_a_one_line_error(model
     err = capsys.readouterr().err
     assert str(wrong) in err and "not an ONNX model" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_one_onnx_file_with_tta_is_written_beside_it(small_ferplus, models, tmp_path, capsys):
+    import shutil
+
+    member = tmp_path / "linear.onnx"
+    shutil.copyfile(models["dynamic"], member)
+    export_main(["--model", str(member), "--tta", "flip", "--data_dir", str(small_ferplus)])
+    assert "1 member(s) x 2 view(s)" in capsys.readouterr().out
+    info = check_onnx_contract(tmp_path / "linear.tta-flip.onnx", expect_names=True)
+    assert info["metadata"]["config.tta"] == "flip"
