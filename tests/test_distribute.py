@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -136,10 +137,36 @@ def test_mirrored_on_two_devices_trains_like_one_device(one_device_and_mirrored)
     assert_same_training(histories["mirrored"], histories["one"])
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+def free_ports(count):
+    """`count` distinct free ports: each socket stays bound until all are chosen, so the kernel
+    cannot hand the same port out twice (two workers on one port: one fails, its peer waits)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def finish_workers(processes, timeout=300):
+    """Every worker's output; if one hangs, all are killed and all their outputs reported, since the
+    one that waits is rarely the one that failed."""
+    deadline = time.monotonic() + timeout
+    outs, hung = [], False
+    for process in processes:
+        try:
+            outs.append(process.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+        except subprocess.TimeoutExpired:
+            hung = True
+            process.kill()
+            outs.append(process.communicate()[0])
+    if hung or any(p.returncode != 0 for p in processes):
+        report = "\n".join(f"--- worker {i} (exit {p.returncode}):\n{out[-3000:]}"
+                           for i, (p, out) in enumerate(zip(processes, outs)))
+        pytest.fail(("a worker timed out" if hung else "a worker failed") + ":\n" + report)
+    return outs
 
 
 def launch_workers(tmp_path, argv, ports):
@@ -152,7 +179,7 @@ def launch_workers(tmp_path, argv, ports):
 def test_multiworker_run_writes_one_checkpoint_set_and_resumes(small_ferplus, tmp_path, one_device_and_mirrored):
     output_dir = tmp_path / "runs"
     first = args(small_ferplus, output_dir, "mw", "--strategy", "multiworker", "--nepochs", "1")
-    chief_out, worker_out = [finish(p) for p in launch_workers(tmp_path, first, [free_port(), free_port()])]
+    chief_out, worker_out = finish_workers(launch_workers(tmp_path, first, free_ports(2)))
     for out in (chief_out, worker_out):
         assert "strategy: multiworker, 2 replicas" in out
         assert "first batch: 16 faces on this worker's 1 replica" in out  # each worker gets its half
@@ -164,7 +191,7 @@ def test_multiworker_run_writes_one_checkpoint_set_and_resumes(small_ferplus, tm
         ["best_acc.keras", "best_loss.keras", "last.keras"]
 
     resumed = args(small_ferplus, output_dir, "mw", "--strategy", "multiworker", "--nepochs", "2", "--resume")
-    chief_out, worker_out = [finish(p) for p in launch_workers(tmp_path, resumed, [free_port(), free_port()])]
+    chief_out, worker_out = finish_workers(launch_workers(tmp_path, resumed, free_ports(2)))
     assert "resuming" in chief_out and "resuming" in worker_out
     history = pd.read_csv(output_dir / "mw" / "training.csv")
     # Each worker trains on its half of every global batch: together, and across the resume, exactly
@@ -296,6 +323,7 @@ def test_jit_compile_is_off_unless_asked(small_ferplus, tmp_path, monkeypatch):
 
 TORCH_RUN = r'''
 import sys
+import time
 import numpy as np
 import ferkeras
 from ferkeras.train import distribute
