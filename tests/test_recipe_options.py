@@ -197,6 +197,35 @@ def test_distill_reaugment_gives_fresh_faces_each_epoch_with_the_teachers_target
     assert all(stored(x).mean() < 0.5 for x, _ in fresh)
 
 
+def test_a_second_student_of_the_same_teachers_reuses_their_probabilities_and_a_changed_teacher_does_not(
+        small_ferplus, two_runs, tmp_path, monkeypatch, capsys):
+    from ferkeras.train import distill
+
+    monkeypatch.setenv("FERKERAS_CACHE", str(tmp_path / "cache"))
+    teacher = tmp_path / "teacher.keras"  # one path, two contents: the key must follow the bytes
+    teacher.write_bytes((two_runs / "one" / "checkpoints" / "best_acc.keras").read_bytes())
+    flags = ["--teacher", str(teacher), "--distill_views", "2", "--nepochs", "1"]
+    fast_run(small_ferplus, tmp_path, "first", *flags)
+    first = np.load(tmp_path / "first" / "distill" / "teacher_probs.npy")
+    assert len(list((tmp_path / "cache" / "teachers").glob("*.npy"))) == 1
+
+    def no_teacher(path, **_):
+        raise AssertionError(f"the teacher {path} was run again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(distill, "load_predictor", no_teacher)
+        capsys.readouterr()
+        fast_run(small_ferplus, tmp_path, "second", *flags, "--init_lr", "0.001")  # another student recipe
+    assert "teachers' probabilities of an earlier run" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.load(tmp_path / "second" / "distill" / "teacher_probs.npy"), first)
+
+    teacher.write_bytes((two_runs / "two" / "checkpoints" / "best_acc.keras").read_bytes())
+    fast_run(small_ferplus, tmp_path, "third", *flags)
+    third = np.load(tmp_path / "third" / "distill" / "teacher_probs.npy")
+    assert np.abs(third - first).max() > 1e-3  # scored again by the new teacher, not read back
+    assert len(list((tmp_path / "cache" / "teachers").glob("*.npy"))) == 2
+
+
 def test_a_missing_teacher_is_refused_before_anything_loads(small_ferplus, tmp_path):
     with pytest.raises(UserError, match="no such run folder|no such model file"):
         fast_run(small_ferplus, tmp_path, "s", "--teacher", str(tmp_path / "absent.keras"))

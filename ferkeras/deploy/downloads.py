@@ -29,7 +29,8 @@ WEIGHTS_DIR_ENV = "FERKERAS_WEIGHTS"
 
 
 def cache_dir():
-    """ferkeras' cache: decoded splits and downloaded model files. $FERKERAS_CACHE, else ~/.cache/ferkeras."""
+    """ferkeras' cache (decoded splits, downloaded model files, teachers' probabilities for distillation):
+    $FERKERAS_CACHE, else ~/.cache/ferkeras."""
     return Path(os.environ.get("FERKERAS_CACHE") or Path.home() / ".cache" / "ferkeras")
 
 NO_DOWNLOAD_ENV = "FERKERAS_NO_DOWNLOAD"
