@@ -153,12 +153,12 @@ def test_untrained_vgg13_passes_its_signal_through(vgg13):
 
 
 def test_default_image_sizes():
-    assert MODEL_NAMES == ("ResNet50", "SeNet50", "FaceNet", "VGG13", "FerNetS", "FerNetM")
-    assert [default_image_size(name) for name in MODEL_NAMES] == [224, 224, 160, 64, 48, 48]
+    assert MODEL_NAMES == ("ResNet50", "SeNet50", "FaceNet", "VGG13", "FerNetS", "FerNetSD", "FerNetM")
+    assert [default_image_size(name) for name in MODEL_NAMES] == [224, 224, 160, 64, 48, 48, 48]
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"model_name": "ResNet18"}, "ResNet50, SeNet50, FaceNet, VGG13, FerNetS, FerNetM"),
+    ({"model_name": "ResNet18"}, "ResNet50, SeNet50, FaceNet, VGG13, FerNetS, FerNetSD, FerNetM"),
     ({"model_name": "VGG13", "weights": "imagenet"}, "no imagenet weights for VGG13"),
     ({"model_name": "VGG13", "weights": "vggface2"}, "no vggface2 weights for VGG13"),
     ({"model_name": "ResNet50", "weights": "facenet"}, "imagenet / vggface2 / none / PATH"),

@@ -33,8 +33,9 @@ def fast_run(small_ferplus, tmp_path, name, *flags):
     return train(config, explicit)
 
 
-def test_fernet_small_fits_the_size_budget_and_the_contract():
-    model = build_model("FerNetS", weights="none")
+@pytest.mark.parametrize("small", ["FerNetS", "FerNetSD"])
+def test_fernet_small_fits_the_size_budget_and_the_contract(small):
+    model = build_model(small, weights="none")
     assert model.count_params() <= 1_000_000  # the "small": at most 1 M parameters (4 MB as float32)
     assert model.input_shape == (None, None, None, 1) and model.output_shape == (None, 8)
     faces = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 1)).astype(np.float32)

@@ -46,6 +46,7 @@ MODEL_SPECS = {
     "VGG13": ModelSpec(64, 16, ()),  # Barsoum et al. 2016 trained it from scratch on 64x64 faces
     # Our compact family (backbones/compact.py), from scratch at the faces' own 48x48.
     "FerNetS": ModelSpec(48, 16, ()),
+    "FerNetSD": ModelSpec(48, 16, ()),
     "FerNetM": ModelSpec(48, 16, ()),
 }
 MODEL_NAMES = tuple(MODEL_SPECS)

@@ -148,13 +148,13 @@ OPTIONS = (
     Option("valid_limit", 0, "use only this many validation faces (0 = all)", int, group="data",
            interval=AT_LEAST_0),
     # model
-    Option("model_name", "ResNet50", "backbone", choices=("ResNet50", "SeNet50", "FaceNet", "VGG13", "FerNetS", "FerNetM"),
-           group="model", cache_key=True),
+    Option("model_name", "ResNet50", "backbone", choices=("ResNet50", "SeNet50", "FaceNet", "VGG13", "FerNetS",
+                                                           "FerNetSD", "FerNetM"), group="model", cache_key=True),
     Option("weights", "imagenet", "imagenet | vggface2 | facenet | none | PATH to a .weights.h5, .keras or "
            "Keras-2 .h5 file", group="model", cache_key=True),
     Option("allow_partial_weights", False, "accept a weights file that covers only part of the backbone", bool, group="model"),
     Option("image_size", 0, "side the graph resizes faces to (0 = the backbone's default: 224 ResNet50/SeNet50, "
-           "160 FaceNet, 64 VGG13, 48 FerNetS/FerNetM)", int, group="model", interval=AT_LEAST_0, cache_key=True),
+           "160 FaceNet, 64 VGG13, 48 FerNetS/FerNetSD/FerNetM)", int, group="model", interval=AT_LEAST_0, cache_key=True),
     Option("contract_round_trip", False, "resize faces in the graph to the ONNX contract's 64 px before "
            "--image_size, as an exported file's input is: a 48 px model then trains and validates on what "
            "it will see deployed (FER+'s 48 px faces enlarged to 64 and shrunk back), so its Keras figures "
