@@ -12,11 +12,12 @@ SHIPPED = MODELS / "ferplus-small.onnx"
 SHIPPED_INT8 = MODELS / "ferplus-small.int8.onnx"
 # models/README.md: accuracy on the first SUBSET validation faces kept by the majority protocol.
 SUBSET = 1000
-CARD_SUBSET_ACCURACY = {SHIPPED: 0.878, SHIPPED_INT8: 0.879}
+CARD_SUBSET_ACCURACY = {SHIPPED: 0.868, SHIPPED_INT8: 0.870}
 # Faces allowed to change between CPUs. Float: none of the 1,000 has its top two probabilities within
-# 1e-4, so only a changed model moves more than a face or two. int8: onnxruntime's U8S8 kernels add
-# products in saturating int16 on AVX2 but in int32 with AVX-512 VNNI, and 8 of the 1,000 faces have
-# top two scores within 1e-4 (quantized scores tie), so the two CPUs may disagree on a few more.
+# 1e-4 (one within 1e-3), so only a changed model moves more than a face or two. int8: onnxruntime's
+# U8S8 kernels add products in saturating int16 on AVX2 but in int32 with AVX-512 VNNI, and 4 of the
+# 1,000 faces have top two scores within 1e-4 (quantized scores tie), so the two CPUs may disagree on
+# a few more (the previous int8 file had 8 such faces and the same allowance).
 FLIPPABLE = {SHIPPED: 3, SHIPPED_INT8: 15}
 
 
@@ -28,7 +29,7 @@ def test_shipped_model_has_the_contract_and_says_what_it_is(path):
     assert path.stat().st_size <= 4 * 2**20  # the compact model's budget: at most 4 MB
     metadata = {p.key: p.value for p in load_onnx(path).metadata_props}
     assert metadata["classes"] == ",".join(CLASSES)
-    assert metadata["config.model_name"] == "FerNetS"
+    assert metadata["config.model_name"] == "FerNetSD"
     assert metadata["config.training_mode"] == "crossentropy"
 
 
