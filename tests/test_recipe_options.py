@@ -278,6 +278,48 @@ def test_exported_ensemble_with_tta_is_one_contract_file_that_matches_keras(two_
     assert report["parity"]["top1_agreement"] == 1.0
 
 
+def test_weight_average_export_is_one_network_with_the_members_mean_weights(two_runs, small_ferplus, tmp_path):
+    from ferkeras.commands.export import main as export_main
+    from ferkeras.deploy.contract import ContractSession, check_onnx_contract, to_contract_input
+
+    paths = [two_runs / r / "checkpoints" / "best_acc.keras" for r in ("one", "two")]
+    members = [load_model_file(p) for p in paths]
+    out = tmp_path / "soup.onnx"
+    export_main(["--run", str(two_runs / "one"), "--run", str(two_runs / "two"), "--average", "weights",
+                 "--out", str(out), "--data_dir", str(small_ferplus)])
+    soup = load_model_file(tmp_path / "soup.keras")
+    for layer in soup.layers:
+        for got, *theirs in zip(layer.get_weights(), *(m.get_layer(layer.name).get_weights() for m in members)):
+            if got.dtype.kind == "f":
+                np.testing.assert_allclose(got, np.mean(theirs, axis=0), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(members[0].get_layer("logits").get_weights()[0],
+                           members[1].get_layer("logits").get_weights()[0])  # so the mean is a third network
+    # One member's size, not two, and the file scores what the averaged Keras model does.
+    assert check_onnx_contract(out)["parameters"] < 1.1 * members[0].count_params()
+    from ferkeras.evaluate.report import load_eval_split
+    contract_faces = to_contract_input(load_eval_split(str(small_ferplus), "valid")[0][:32])  # (N, 1, 64, 64)
+    keras_logits = soup(np.transpose(contract_faces, (0, 2, 3, 1)), training=False)
+    np.testing.assert_allclose(softmax(ContractSession(out).logits(contract_faces)),
+                               softmax(keras.ops.convert_to_numpy(keras_logits)), atol=1e-4)
+
+
+def test_weight_average_refuses_members_it_cannot_average(two_runs, tmp_path):
+    from ferkeras.commands.export import main as export_main
+    from ferkeras.export.weight_average import average_weights
+
+    small, larger = build_model("FerNetS", weights="none"), build_model("FerNetSD", weights="none")
+    with pytest.raises(UserError, match="FerNetSD.keras: its layers differ from FerNetS.keras's"):
+        average_weights([small, larger], names=["FerNetS.keras", "FerNetSD.keras"])
+    with pytest.raises(UserError, match="at least two members"):
+        export_main(["--run", str(two_runs / "one"), "--average", "weights"])
+    onnx_member = tmp_path / "member.onnx"
+    onnx_member.write_bytes(b"not read")
+    with pytest.raises(UserError, match="member.onnx: --average weights needs Keras members"):
+        export_main(["--run", str(two_runs / "one"), "--model", str(onnx_member), "--average", "weights",
+                     "--out", str(tmp_path / "soup.onnx")])
+    assert not (tmp_path / "soup.onnx").exists() and not (tmp_path / "soup.keras").exists()
+
+
 def test_contract_round_trip_shows_the_keras_model_what_its_exported_file_sees(small_ferplus, tmp_path):
     from ferkeras.deploy.contract import ContractSession, to_contract_input
     from ferkeras.evaluate.report import load_eval_split

@@ -8,6 +8,7 @@
     python export.py --model runs/quick/model.onnx --quantize int8   # quantize an existing export
     python export.py --run runs/a --run runs/b --tta flip --out ensemble.onnx   # one file, both models
     python export.py --model models/ferplus-small.onnx --run runs/b --out ensemble.onnx  # .onnx members too
+    python export.py --run runs/a_finetuned --run runs/a --average weights --out soup.onnx  # one network
     python export.py --run runs/quick --format tflite --quantize int8  # model.tflite + model.int8.tflite
 
 The ONNX file takes Input3 float32 [N,1,64,64] (raw grayscale 0..255, NCHW) and returns
@@ -21,6 +22,7 @@ from pathlib import Path
 import ferkeras  # sets TensorFlow's environment before it is imported
 from ferkeras.deploy.contract import INPUT_NAME, OUTPUT_NAME
 from ferkeras.errors import UserError
+from ferkeras.export.weight_average import AVERAGE_CHOICES
 from ferkeras.export.onnx import DEFAULT_OPSET, MAX_OPSET, export_command  # TensorFlow loads only when converting
 from ferkeras.export.int8 import (CALIBRATION_METHODS, DEFAULT_CALIBRATION_FACES, DEFAULT_METHOD, MIN_AGREEMENT,
                                check_calibration_options, check_quantize_choice)
@@ -46,6 +48,12 @@ def build_parser():
     parser.add_argument("--out", help="ONNX path (default: model.onnx in the run folder or beside --model); "
                                       "with an .onnx --model and --quantize, the int8 file's path; with "
                                       "--format tflite, the .tflite path (default: model.tflite)")
+    parser.add_argument("--average", default="probabilities", choices=AVERAGE_CHOICES,
+                        help="with several members: probabilities runs every member and averages their outputs; "
+                             "weights averages their weights into one network (a \"model soup\": as fast as one "
+                             "member), for members of one architecture and one basin, such as a run and a "
+                             "fine-tune started from it (train.py --weights runs/<a>/model.keras); also writes "
+                             "<out>.keras (default: probabilities)")
     parser.add_argument("--tta", default="none", choices=("none", "flip", "crops"),
                         help="build test-time augmentation into the graph: flip averages each face with its "
                              "mirror, crops adds five crops of 90%% of the side (default: none)")
@@ -129,6 +137,8 @@ def main(argv=None):
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {args.format!r}")
     runs, models = args.run or [], args.model or []
     ensemble = len(runs) + len(models) > 1 or args.tta != "none"
+    if args.average == "weights" and len(runs) + len(models) < 2:
+        raise UserError("--average weights needs at least two members: give --run or --model FILE.keras twice or more")
     if args.format == "tflite":
         if ensemble:
             raise UserError("--format tflite exports one model; drop the extra --run / --model and --tta, or "
@@ -147,7 +157,7 @@ def main(argv=None):
                             "or TTA graph first, then pass its .onnx to --model (or give int8 members)")
         ferkeras.import_keras_quietly()
         from ferkeras.export.ensemble import export_ensemble_command
-        export_ensemble_command(runs, models, args.checkpoint, args.tta, args.out,
+        export_ensemble_command(runs, models, args.checkpoint, args.tta, args.out, average=args.average,
                                 opset=args.opset, input_name=args.input_name, output_name=args.output_name,
                                 data_dir=args.data_dir)
         return

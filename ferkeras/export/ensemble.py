@@ -21,6 +21,7 @@ from ferkeras.deploy.contract import INPUT_SIZE
 from ferkeras.errors import UserError
 from ferkeras.evaluate.tta import TTA_CHOICES, crop_boxes, tta_views
 from ferkeras.train.distribute import float32_model
+from ferkeras.export.weight_average import AVERAGE_CHOICES
 
 
 @keras.saving.register_keras_serializable(package="ferkeras")
@@ -84,10 +85,12 @@ def default_ensemble_out(paths, tta):
     return source.parent.parent / f"model.tta-{tta}.onnx"  # runs/<name>/checkpoints/<which>.keras
 
 
-def export_ensemble_command(runs=(), models=(), checkpoint="best_acc", tta="none", out=None, **export_options):
+def export_ensemble_command(runs=(), models=(), checkpoint="best_acc", tta="none", out=None,
+                            average="probabilities", **export_options):
     """What `export.py --run a --run b ... [--model c.onnx ...] [--tta crops]` does: one verified ONNX file
     averaging them. Keras members only: one Keras graph, converted; any .onnx member: the members' ONNX
-    graphs merged (ferkeras.export.onnx_ensemble)."""
+    graphs merged (ferkeras.export.onnx_ensemble). `average="weights"`: one network whose weights are the
+    members' mean (ferkeras.export.weight_average), saved as <out>.keras too."""
     from pathlib import Path
 
     from ferkeras.evaluate.ensemble import ensemble_members
@@ -96,6 +99,8 @@ def export_ensemble_command(runs=(), models=(), checkpoint="best_acc", tta="none
     from ferkeras.export.onnx import export_onnx
     from ferkeras.models.weights import load_model_file
 
+    if average not in AVERAGE_CHOICES:
+        raise UserError(f"--average: expected one of {', '.join(AVERAGE_CHOICES)}, got {average!r}")
     paths = ensemble_members(runs, models, checkpoint)
     suffixes = {p.suffix.lower() for p in paths}
     if not suffixes <= {".keras", ".onnx"}:
@@ -109,6 +114,8 @@ def export_ensemble_command(runs=(), models=(), checkpoint="best_acc", tta="none
         raise UserError(f"--out {out}: is one of the members; give the ensemble another file name")
     data_dir = export_options.pop("data_dir", None) or next(
         (run_config(r).data_dir for r in runs if run_config(r).data_dir), None)
+    if average == "weights":
+        return export_weight_average(paths, out, tta, data_dir, export_options)
     if ".onnx" in suffixes:
         from ferkeras.export.onnx_ensemble import export_onnx_ensemble
 
@@ -118,9 +125,38 @@ def export_ensemble_command(runs=(), models=(), checkpoint="best_acc", tta="none
         config = {"name": f"average of {len(paths)} model(s), TTA {tta}", "members": [str(p) for p in paths],
                   "tta": tta}
         report = export_onnx(combined, out, config, source=paths[0], data_dir=data_dir, **export_options)
+    print_ensemble_report(out, report, len(paths), tta, "probabilities averaged")
+    return report
+
+
+def export_weight_average(paths, out, tta, data_dir, export_options):
+    """`--average weights`: the members' mean weights as one network, <out>.keras and <out> (.onnx)."""
+    from ferkeras.errors import atomic_path
+    from ferkeras.export.onnx import export_onnx
+    from ferkeras.export.weight_average import average_weights
+    from ferkeras.models.weights import load_model_file
+
+    onnx_members = [p for p in paths if p.suffix.lower() == ".onnx"]
+    if onnx_members:
+        raise UserError(f"{onnx_members[0]}: --average weights needs Keras members (--run, or --model FILE.keras); "
+                        "an .onnx file's weights cannot be averaged here")
+    soup = average_weights([load_model_file(p) for p in paths], names=[str(p) for p in paths])
+    config = {"name": f"weight average of {len(paths)} model(s), TTA {tta}", "members": [str(p) for p in paths],
+              "average": "weights", "tta": tta}
+    report = export_onnx(averaged_model([soup], tta), out, config, source=paths[0], data_dir=data_dir,
+                         **export_options)
+    keras_out = out.with_suffix(".keras")  # written once the file has passed its parity check
+    with atomic_path(keras_out) as tmp:
+        soup.save(tmp)
+    report["keras"] = str(keras_out)
+    print_ensemble_report(out, report, len(paths), tta, f"weights averaged (also {keras_out})")
+    return report
+
+
+def print_ensemble_report(out, report, members, tta, how):
     views = len(tta_views(np.zeros((1, INPUT_SIZE, INPUT_SIZE), np.uint8), tta))
     print(f"wrote {out} ({report['size_bytes'] / 1e6:.1f} MB, {report['parameters']:,} parameters): "
-          f"{len(paths)} member(s) x {views} view(s), probabilities averaged")
+          f"{members} member(s) x {views} view(s), {how}")
     parity = report["parity"]
     print(f"parity on {parity['source']}: max softmax difference {parity['max_softmax_diff']:.2e}, "
           f"top-1 agreement {parity['top1_agreement']:.2%}")
