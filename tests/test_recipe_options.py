@@ -280,7 +280,7 @@ def test_exported_ensemble_with_tta_is_one_contract_file_that_matches_keras(two_
 
 def test_weight_average_export_is_one_network_with_the_members_mean_weights(two_runs, small_ferplus, tmp_path):
     from ferkeras.commands.export import main as export_main
-    from ferkeras.deploy.contract import ContractSession, check_onnx_contract, to_contract_input
+    from ferkeras.deploy.contract import ContractSession, check_onnx_contract, load_onnx, to_contract_input
 
     paths = [two_runs / r / "checkpoints" / "best_acc.keras" for r in ("one", "two")]
     members = [load_model_file(p) for p in paths]
@@ -294,8 +294,12 @@ def test_weight_average_export_is_one_network_with_the_members_mean_weights(two_
                 np.testing.assert_allclose(got, np.mean(theirs, axis=0), rtol=1e-6, atol=1e-7)
     assert not np.allclose(members[0].get_layer("logits").get_weights()[0],
                            members[1].get_layer("logits").get_weights()[0])  # so the mean is a third network
-    # One member's size, not two, and the file scores what the averaged Keras model does.
+    # One member's size, not two, with the first run's recipe in its metadata, and the file scores what
+    # the averaged Keras model does.
     assert check_onnx_contract(out)["parameters"] < 1.1 * members[0].count_params()
+    metadata = {p.key: p.value for p in load_onnx(out).metadata_props}
+    assert metadata["config.model_name"] == "FerNetS" and metadata["config.training_mode"] == "crossentropy"
+    assert metadata["config.average"] == "weights" and metadata["config.members"] == ",".join(map(str, paths))
     from ferkeras.evaluate.report import load_eval_split
     contract_faces = to_contract_input(load_eval_split(str(small_ferplus), "valid")[0][:32])  # (N, 1, 64, 64)
     keras_logits = soup(np.transpose(contract_faces, (0, 2, 3, 1)), training=False)

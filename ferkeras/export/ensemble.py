@@ -115,7 +115,10 @@ def export_ensemble_command(runs=(), models=(), checkpoint="best_acc", tta="none
     data_dir = export_options.pop("data_dir", None) or next(
         (run_config(r).data_dir for r in runs if run_config(r).data_dir), None)
     if average == "weights":
-        return export_weight_average(paths, out, tta, data_dir, export_options)
+        # The soup is the first member's network: its run's recipe is what the file's metadata says.
+        first_run = run_config(runs[0]) if runs else None
+        return export_weight_average(paths, out, tta, data_dir, export_options,
+                                     first_run.to_dict() if first_run else {})
     if ".onnx" in suffixes:
         from ferkeras.export.onnx_ensemble import export_onnx_ensemble
 
@@ -129,7 +132,7 @@ def export_ensemble_command(runs=(), models=(), checkpoint="best_acc", tta="none
     return report
 
 
-def export_weight_average(paths, out, tta, data_dir, export_options):
+def export_weight_average(paths, out, tta, data_dir, export_options, first_config):
     """`--average weights`: the members' mean weights as one network, <out>.keras and <out> (.onnx)."""
     from ferkeras.errors import atomic_path
     from ferkeras.export.onnx import export_onnx
@@ -141,8 +144,8 @@ def export_weight_average(paths, out, tta, data_dir, export_options):
         raise UserError(f"{onnx_members[0]}: --average weights needs Keras members (--run, or --model FILE.keras); "
                         "an .onnx file's weights cannot be averaged here")
     soup = average_weights([load_model_file(p) for p in paths], names=[str(p) for p in paths])
-    config = {"name": f"weight average of {len(paths)} model(s), TTA {tta}", "members": [str(p) for p in paths],
-              "average": "weights", "tta": tta}
+    config = {**first_config, "name": f"weight average of {len(paths)} model(s), TTA {tta}",
+              "members": [str(p) for p in paths], "average": "weights", "tta": tta}
     report = export_onnx(averaged_model([soup], tta), out, config, source=paths[0], data_dir=data_dir,
                          **export_options)
     keras_out = out.with_suffix(".keras")  # written once the file has passed its parity check

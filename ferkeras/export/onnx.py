@@ -26,7 +26,7 @@ PARITY_FACES = 256
 # Options of the training config worth carrying inside the ONNX file.
 CONFIG_METADATA = ("name", "model_name", "weights", "image_size", "freeze_before", "training_mode",
                    "dropout_rate", "optimizer", "init_lr", "lr_policy", "batch_size", "nepochs", "augment",
-                   "class_weights", "seed", "members", "tta")
+                   "class_weights", "seed", "members", "average", "tta")
 
 
 # ----------------------------------------------------------------------------- building the ONNX graph
