@@ -22,9 +22,8 @@ def weighted_layers(model):
     return {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
 
 
-def check_same_architecture(base, other, base_name, other_name):
-    """Refuse, in one line, a member whose weighted layers differ from the first member's."""
-    base_layers, other_layers = weighted_layers(base), weighted_layers(other)
+def check_same_architecture(base_layers, other_layers, base_name, other_name):
+    """Refuse, in one line, a member whose weighted layers ({name: arrays}) differ from the first member's."""
     missing = sorted(set(base_layers) ^ set(other_layers))
     if missing:
         raise UserError(f"{other_name}: its layers differ from {base_name}'s (for one, {missing[0]!r}); "
@@ -48,9 +47,9 @@ def average_weights(members, names=None):
         raise UserError("--average weights needs at least two members (--run or --model .keras)")
     names = list(names) if names is not None else [f"member {i + 1}" for i in range(len(members))]
     base = members[0]
-    for member, name in zip(members[1:], names[1:]):
-        check_same_architecture(base, member, names[0], name)
     every = [weighted_layers(m) for m in members]
+    for layers, name in zip(every[1:], names[1:]):
+        check_same_architecture(every[0], layers, names[0], name)
     for layer in base.layers:
         if layer.weights:
             stacks = zip(*(layers[layer.name] for layers in every))
