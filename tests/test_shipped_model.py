@@ -12,12 +12,12 @@ SHIPPED = MODELS / "ferplus-small.onnx"
 SHIPPED_INT8 = MODELS / "ferplus-small.int8.onnx"
 # models/README.md: accuracy on the first SUBSET validation faces kept by the majority protocol.
 SUBSET = 1000
-CARD_SUBSET_ACCURACY = {SHIPPED: 0.872, SHIPPED_INT8: 0.874}
-# Faces allowed to change between CPUs. Float: one of the 1,000 has its top two probabilities within
-# 1e-4 (two within 1e-3), so only a changed model moves more than a face or two. int8: onnxruntime's
+CARD_SUBSET_ACCURACY = {SHIPPED: 0.872, SHIPPED_INT8: 0.869}
+# Faces allowed to change between CPUs. Float: one of the 1,000 has its top two scores within 1e-3
+# (four within 1e-2), so only a changed model moves more than a face or two. int8: onnxruntime's
 # U8S8 kernels add products in int16 on AVX2 but in int32 with AVX-512 VNNI; this file's 7-bit
 # per-channel weights keep the AVX2 sums from saturating, and 2 of the 1,000 faces have top two scores
-# within 1e-4 (quantized scores tie), so the allowance of the earlier per-tensor int8 files stays.
+# within 1e-3 (quantized scores tie), so the allowance of the earlier per-tensor int8 files stays.
 FLIPPABLE = {SHIPPED: 3, SHIPPED_INT8: 15}
 
 
