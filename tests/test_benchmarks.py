@@ -419,9 +419,12 @@ def test_ensemble_search_scores_every_subset_as_evaluate_does_and_infers_each_me
     argv = ["--data_dir", str(small_ferplus), "--model", str(members[0]), "--model", str(members[1]),
             "--tta", "flip", "--probs_dir", str(probs), "--out", str(out)]
     assert search.main(argv) == 0
-    assert capsys.readouterr().out.count("inferring") == 2
+    printed = capsys.readouterr().out
+    assert printed.count("inferring") == 2
     rows = json.loads(out.read_text())["results"]
     assert sorted(len(row["members"]) for row in rows) == [1, 1, 2]
+    plain_best = max(rows, key=lambda row: (row["accuracy"], -row["parameters"]))
+    assert f"best without TTA: {' + '.join(plain_best['members'])}: {plain_best['accuracy']:.2%}" in printed
     assert [row["tta_accuracy"] for row in rows] == sorted((row["tta_accuracy"] for row in rows), reverse=True)
     for row in rows:
         paths = [str(tmp_path / name) for name in row["members"]]
@@ -438,8 +441,18 @@ def test_ensemble_search_scores_every_subset_as_evaluate_does_and_infers_each_me
     assert search.main(argv) == 0
     assert capsys.readouterr().out.count("inferring") == 1
 
-    with pytest.raises(ferkeras.errors.UserError, match="expected 2 to 8 models, got 1"):
+    # --show prints the best rows only; --out keeps them all.
+    assert search.main([*argv, "--show", "1"]) == 0
+    printed = capsys.readouterr().out
+    table = [line for line in printed.splitlines() if line.startswith("|")]
+    assert len(table) == 3 and table[2].startswith(f"| {' + '.join(rows[0]['members'])} |")  # header, rule, row
+    assert "(2 more rows in " in printed
+    assert len(json.loads(out.read_text())["results"]) == 3
+
+    with pytest.raises(ferkeras.errors.UserError, match="expected 2 to 12 models, got 1"):
         search.main(argv[:4] + argv[6:])
+    with pytest.raises(ferkeras.errors.UserError, match="--show: expected a number of rows of at least 1, got 0"):
+        search.main([*argv, "--show", "0"])
     # Files of the same name (every run's model.onnx) are told apart by their folders.
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
