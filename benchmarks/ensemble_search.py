@@ -13,9 +13,10 @@ subset is scored from the stored arrays.
 
 Prints the --show best rows as a Markdown table, best TTA accuracy first: members, parameters, Valid
 accuracy without and with TTA, balanced accuracy, and the recall of each class; then the best subset
-without TTA. Writes every row to --out (JSON). The figure to publish is then checked with `evaluate.py`
-on the chosen members, and the file built with `export.py` (`--run` or `--model` per member; .onnx
-members are merged as they are).
+without TTA. Writes every row to --out (JSON). `--split_check N` says how much of the winner's figure
+is the choice itself: the best subset is chosen on half the faces and scored on the other half. The
+figure to publish is then checked with `evaluate.py` on the chosen members, and the file built with
+`export.py` (`--run` or `--model` per member; .onnx members are merged as they are).
 """
 import argparse
 import hashlib
@@ -47,12 +48,18 @@ def parse_args(argv=None):
                         help="where each member's Valid probabilities are kept between calls (default: %(default)s)")
     parser.add_argument("--out", default="benchmarks/results/ensemble_search.json", help="JSON report of every "
                         "subset (default: %(default)s)")
+    parser.add_argument("--split_check", type=int, default=0, metavar="N",
+                        help="how optimistic the best subset's figure is: N times, choose the best subset on a random "
+                        "half of Valid and score it on the other half, beside all the members together (default: "
+                        "%(default)s, off)")
     parser.add_argument("--show", type=int, default=40, help="how many of the best rows to print (default: "
                         "%(default)s); --out has them all")
     args = parser.parse_args(argv)
     count = len(args.run) + len(args.model)
     if not 2 <= count <= MAX_MEMBERS:
         raise UserError(f"--run / --model: expected 2 to {MAX_MEMBERS} models, got {count}")
+    if args.split_check < 0:
+        raise UserError(f"--split_check: expected a number of random halves (0 for none), got {args.split_check}")
     if args.show < 1:
         raise UserError(f"--show: expected a number of rows of at least 1, got {args.show}")
     return args
@@ -115,6 +122,26 @@ def score_subsets(names, scored, labels, vote_dist):
     return sorted(rows, key=lambda row: (-row["tta_accuracy"], row["parameters"]))
 
 
+def split_check(scored, labels, repeats, seed=0):
+    """Choosing the best of thousands of subsets on Valid flatters the winner. Here the choice is made
+    on a random half of the faces and scored on the other half, `repeats` times: if the held-out figure
+    is no better than all the members averaged, the choice itself is noise."""
+    labels = np.asarray(labels)
+    subsets = [subset for size in range(1, len(scored) + 1)
+               for subset in itertools.combinations(range(len(scored)), size)]
+    rng = np.random.default_rng(seed)
+    halves = [rng.permutation(len(labels)) < len(labels) // 2 for _ in range(repeats)]
+    report = {"repeats": repeats}
+    for which, column in (("without_tta", 0), ("tta", 1)):
+        correct = np.stack([np.mean([scored[i][column] for i in subset], axis=0).argmax(axis=1) == labels
+                            for subset in subsets])
+        chosen = [correct[:, ~half].mean(axis=1)[correct[:, half].mean(axis=1).argmax()] for half in halves]
+        together = [correct[-1, ~half].mean() for half in halves]
+        report[which] = {"chosen_on_one_half": float(np.mean(chosen)), "chosen_sd": float(np.std(chosen)),
+                         "all_members": float(np.mean(together))}
+    return report
+
+
 def markdown(rows, tta):
     columns = ["members", "parameters (M)", "Valid", f"{tta} TTA", "balanced (TTA)",
                "recall (TTA): " + " / ".join(c[:3] for c in CLASSES)]
@@ -133,14 +160,22 @@ def main(argv=None):
     faces, labels, vote_dist = load_eval_split(args.data_dir, "valid")
     scored = [stored_probabilities(name, path, faces, args.tta, args.probs_dir) for name, path in zip(names, paths)]
     rows = score_subsets(names, scored, labels, vote_dist)
+    extra = {"tta": args.tta, "members": dict(zip(names, map(str, paths))), "n_faces": int(len(faces))}
+    if args.split_check:
+        extra["split_check"] = split_check(scored, labels, args.split_check)
     common.write_report(args.out, "ensemble_search", common.command_line("benchmarks/ensemble_search.py", argv),
-                        rows, {"tta": args.tta, "members": dict(zip(names, map(str, paths))),
-                               "n_faces": int(len(faces))})
+                        rows, extra)
     print(markdown(rows[:args.show], args.tta))
     if len(rows) > args.show:
         print(f"({len(rows) - args.show} more rows in {args.out})")
     plain_best = max(rows, key=lambda row: (row["accuracy"], -row["parameters"]))
     print(f"best without TTA: {' + '.join(plain_best['members'])}: {plain_best['accuracy']:.2%}")
+    if args.split_check:
+        for which, label in (("without_tta", "without TTA"), ("tta", f"with {args.tta} TTA")):
+            check = extra["split_check"][which]
+            print(f"split check, {label}: the subset chosen on one half of Valid scores "
+                  f"{check['chosen_on_one_half']:.2%} (sd {check['chosen_sd']:.2%}) on the other half, all "
+                  f"{len(names)} members together {check['all_members']:.2%} ({args.split_check} random halves)")
     return 0
 
 

@@ -1,6 +1,7 @@
 """The benchmark scripts: FLOP counting against hand-computed numbers, the arithmetic of their reports, and
 each script run end to end with tiny settings on real faces (figures are not asserted: they are timings)."""
 import importlib.util
+import itertools
 import json
 import math
 import sys
@@ -441,6 +442,12 @@ def test_ensemble_search_scores_every_subset_as_evaluate_does_and_infers_each_me
     assert search.main(argv) == 0
     assert capsys.readouterr().out.count("inferring") == 1
 
+    # --split_check: the choice made on one half of the faces, scored on the other, in --out and printed.
+    assert search.main([*argv, "--split_check", "3"]) == 0
+    check = json.loads(out.read_text())["split_check"]
+    assert check["repeats"] == 3 and set(check) == {"repeats", "without_tta", "tta"}
+    assert f"all 2 members together {check['tta']['all_members']:.2%} (3 random halves)" in capsys.readouterr().out
+
     # --show prints the best rows only; --out keeps them all.
     assert search.main([*argv, "--show", "1"]) == 0
     printed = capsys.readouterr().out
@@ -453,6 +460,8 @@ def test_ensemble_search_scores_every_subset_as_evaluate_does_and_infers_each_me
         search.main(argv[:4] + argv[6:])
     with pytest.raises(ferkeras.errors.UserError, match="--show: expected a number of rows of at least 1, got 0"):
         search.main([*argv, "--show", "0"])
+    with pytest.raises(ferkeras.errors.UserError, match="--split_check: expected a number of random halves"):
+        search.main([*argv, "--split_check", "-1"])
     # Files of the same name (every run's model.onnx) are told apart by their folders.
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
@@ -460,3 +469,25 @@ def test_ensemble_search_scores_every_subset_as_evaluate_does_and_infers_each_me
     args = search.parse_args(["--data_dir", "d", "--model", str(tmp_path / "a" / "model.onnx"),
                               "--model", str(tmp_path / "b" / "model.onnx"), "--model", str(members[1])])
     assert search.member_files(args)[0] == ["a/model.onnx", "b/model.onnx", "ferplus-small.int8.onnx"]
+
+
+def test_ensemble_split_check_scores_the_choice_on_faces_it_was_not_made_on():
+    search = load_script("ensemble_search")
+    labels = np.arange(800) % 8
+    right, wrong = np.eye(8)[labels], np.eye(8)[(labels + 1) % 8]
+    # Member 0 is right on every face, member 1 on none; averaged, the tie goes to the lower class, so
+    # the pair is right except where the label is 7 (contempt), on about 7/8 of either half.
+    report = search.split_check([(right, right, 1), (wrong, wrong, 1)], labels, repeats=5)
+    for which in ("without_tta", "tta"):
+        assert report[which]["chosen_on_one_half"] == 1.0 and report[which]["chosen_sd"] == 0.0
+        assert report[which]["all_members"] == pytest.approx(7 / 8, abs=0.04)
+    # Members that guess: the best of their 255 subsets looks better than chance on the faces it was
+    # chosen on, and the split check shows that it is not.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 8, size=2000)
+    guesses = [(p, p, 1) for p in rng.dirichlet(np.ones(8), size=(8, 2000))]
+    chosen_in_sample = max(np.mean(np.mean([guesses[i][0] for i in subset], axis=0).argmax(axis=1) == labels)
+                           for size in range(1, 9) for subset in itertools.combinations(range(8), size))
+    report = search.split_check(guesses, labels, repeats=30)
+    held_out = report["without_tta"]["chosen_on_one_half"]
+    assert chosen_in_sample > 0.14 and held_out < chosen_in_sample - 0.01 and held_out == pytest.approx(1 / 8, abs=0.01)
