@@ -103,22 +103,28 @@ def stored_probabilities(name, path, faces, tta, probs_dir):
     return plain, averaged, parameters
 
 
+def subset_probabilities(scored):
+    """(subset, probabilities without TTA, with TTA) for every non-empty subset of the members, smallest
+    first, the whole set last: an ensemble's probabilities are the mean of its members'."""
+    for size in range(1, len(scored) + 1):
+        for subset in itertools.combinations(range(len(scored)), size):
+            yield (subset, np.mean([scored[i][0] for i in subset], axis=0),
+                   np.mean([scored[i][1] for i in subset], axis=0))
+
+
 def score_subsets(names, scored, labels, vote_dist):
     """One row per non-empty subset of the members (each alone too), best TTA accuracy first."""
     from ferkeras.evaluate.metrics import classification_metrics
 
     rows = []
-    for size in range(1, len(names) + 1):
-        for subset in itertools.combinations(range(len(names)), size):
-            plain = np.mean([scored[i][0] for i in subset], axis=0)
-            averaged = np.mean([scored[i][1] for i in subset], axis=0)
-            with_tta = classification_metrics(labels, averaged, vote_dist)
-            rows.append({"members": [names[i] for i in subset],
-                         "parameters": sum(scored[i][2] for i in subset),
-                         "accuracy": classification_metrics(labels, plain, vote_dist)["accuracy"],
-                         "tta_accuracy": with_tta["accuracy"],
-                         "tta_balanced_accuracy": with_tta["balanced_accuracy"],
-                         "tta_recall": {c: with_tta["per_class"][c]["recall"] for c in CLASSES}})
+    for subset, plain, averaged in subset_probabilities(scored):
+        with_tta = classification_metrics(labels, averaged, vote_dist)
+        rows.append({"members": [names[i] for i in subset],
+                     "parameters": sum(scored[i][2] for i in subset),
+                     "accuracy": classification_metrics(labels, plain, vote_dist)["accuracy"],
+                     "tta_accuracy": with_tta["accuracy"],
+                     "tta_balanced_accuracy": with_tta["balanced_accuracy"],
+                     "tta_recall": {c: with_tta["per_class"][c]["recall"] for c in CLASSES}})
     return sorted(rows, key=lambda row: (-row["tta_accuracy"], row["parameters"]))
 
 
@@ -127,14 +133,13 @@ def split_check(scored, labels, repeats, seed=0):
     on a random half of the faces and scored on the other half, `repeats` times: if the held-out figure
     is no better than all the members averaged, the choice itself is noise."""
     labels = np.asarray(labels)
-    subsets = [subset for size in range(1, len(scored) + 1)
-               for subset in itertools.combinations(range(len(scored)), size)]
     rng = np.random.default_rng(seed)
     halves = [rng.permutation(len(labels)) < len(labels) // 2 for _ in range(repeats)]
+    # correct[s, f]: is subset s right on face f
+    pairs = [(plain.argmax(axis=1) == labels, averaged.argmax(axis=1) == labels)
+             for _, plain, averaged in subset_probabilities(scored)]
     report = {"repeats": repeats}
-    for which, column in (("without_tta", 0), ("tta", 1)):
-        correct = np.stack([np.mean([scored[i][column] for i in subset], axis=0).argmax(axis=1) == labels
-                            for subset in subsets])
+    for which, correct in (("without_tta", np.stack([p for p, _ in pairs])), ("tta", np.stack([t for _, t in pairs]))):
         chosen = [correct[:, ~half].mean(axis=1)[correct[:, half].mean(axis=1).argmax()] for half in halves]
         together = [correct[-1, ~half].mean() for half in halves]
         report[which] = {"chosen_on_one_half": float(np.mean(chosen)), "chosen_sd": float(np.std(chosen)),
