@@ -277,6 +277,29 @@ def test_stack_step_refuses_impossible_settings():
         stack_step.main(["--image_size", "16"])
 
 
+def test_batchnorm_step_times_fernet_with_both_batchnorms_and_reports_the_ratio(tmp_path):
+    from ferkeras.models.batchnorm import FusedBatchNormalization
+
+    batchnorm_step = load_script("batchnorm_step")
+    with batchnorm_step.keras_batchnorm():
+        baseline = batchnorm_step.build("FerNetS", 4, "none", fused=False)
+    fused = batchnorm_step.build("FerNetS", 4, "none", fused=True)
+    kinds = [{type(layer) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+             for model in (baseline, fused)]
+    assert kinds == [{keras.layers.BatchNormalization}, {FusedBatchNormalization}]
+    assert baseline.count_params() == fused.count_params()
+
+    out = tmp_path / "bn.json"
+    rows = batchnorm_step.main(["--model_names", "FerNetS", "--batch_size", "4", "--rounds", "2", "--steps", "1",
+                                "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "batchnorm_step" and report["results"] == rows
+    row = rows[0]
+    assert row["keras_img_s"] > 0 and row["fused_img_s"] > 0 and row["speedup"] > 0
+    with pytest.raises(UserError, match="--model_names: expected some of FerNetS"):
+        batchnorm_step.main(["--model_names", "ResNet50"])
+
+
 def test_framing_and_speed_benchmarks_report_both_detectors(ferplus_dir, small_ferplus, models, yunet_model,
                                                              tmp_path):
     """benchmarks/face_framing.py and predict_speed.py, tiny, on real faces with a stand-in model."""

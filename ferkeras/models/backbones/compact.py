@@ -12,9 +12,12 @@ FerNetS has one convolution in its first (48x48) stage: the second one there cos
 step time (329 vs 437 faces/s, batch 64, on an AMX Xeon) for 1% of the parameters.
 The faces are read at their own 48x48 (no upscaling), scaled to 0..1 in the graph. Sizes (FERNET_SIZES):
 FerNetS at most 1 M parameters (float ONNX under 4 MB), FerNetSD the same with a third convolution in
-stage 3 (0.98 M), FerNetM about 3x that.
+stage 3 (0.98 M), FerNetM about 3x that. Their BatchNormalization is `FusedBatchNormalization` (models/batchnorm.py):
+the same layer, whose training step runs TensorFlow's fused kernel.
 """
 import keras
+
+from ferkeras.models.batchnorm import FusedBatchNormalization
 
 PREPROCESSING = "scale01"
 
@@ -40,7 +43,8 @@ def build_fernet(x, widths, convs):
             # No bias: the BatchNorm right after has its own shift.
             x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
                                     name=name)(x)
-            x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+            # Keras' BatchNormalization, its training step fused: a sixth of FerNetS's step time saved.
+            x = FusedBatchNormalization(name=f"{name}_bn")(x)
             x = keras.layers.ReLU(name=f"{name}_relu")(x)
         if stage < len(widths):
             x = keras.layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
