@@ -6,6 +6,7 @@
 - `backbones/`: a module per family (compact FerNet, FaceNet, VGGFace2 ResNet50 / SENet50) and where
   their weights files are looked for; `legacy_h5`: Keras-2 .h5 weights read by layer name.
 - `losses`: the loss of each label mode.
+- `batchnorm`: `FusedBatchNormalization`, the BatchNorm FerNet trains through TensorFlow's fused kernel.
 - `predictor`: a Keras model file run over faces in batches (the predictor of the Keras runtime).
 
 Importing this package imports Keras and registers every layer ferkeras saves
