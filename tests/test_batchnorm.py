@@ -1,6 +1,10 @@
 """`FusedBatchNormalization` (ferkeras/models/batchnorm.py): FerNet trains through TensorFlow's fused kernel,
 and everything else about the layer is Keras' own BatchNormalization: the same training step, the same
 inference, frozen layers untouched, checkpoints of either class loading into the other."""
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -128,3 +132,16 @@ def test_checkpoints_of_either_class_initialise_a_fernet(tmp_path, saved_with):
                       FusedBatchNormalization if saved_with == "fused" else keras.layers.BatchNormalization)
     restarted = build_model("FerNetS", weights=str(path), dropout_rate=0.0)
     np.testing.assert_allclose(restarted.predict(faces, verbose=0), source.predict(faces, verbose=0), atol=1e-5)
+
+
+def test_load_model_file_reads_a_fernet_checkpoint_in_a_process_that_built_no_model(tmp_path):
+    # export.py and evaluate.py load checkpoints without building a model first: the layer must be
+    # registered by the loader itself.
+    path = tmp_path / "fernet.keras"
+    fernet().save(path)
+    code = ("import sys; from ferkeras.models.weights import load_model_file; "
+            "print(type(load_model_file(sys.argv[1]).get_layer('stage2_conv1_bn')).__name__)")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "FusedBatchNormalization"
