@@ -8,9 +8,8 @@ import h5py
 import keras
 
 from ferkeras.errors import UserError, first_line
-from ferkeras.models.batchnorm import FusedBatchNormalization
-
 from ferkeras.models.backbones import import_face_backbones
+from ferkeras.models.batchnorm import FusedBatchNormalization
 from ferkeras.models.legacy_h5 import layers_with_weights
 
 # Imported for its registration: load_model needs FerNet's layer class known to Keras.
