@@ -417,3 +417,13 @@ def need_tool(name, install):
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def some_faces(n=4, seed=0):
+    """(n, 48, 48, 1) float32 faces 0..255: real FER+ validation faces when present, else random."""
+    pngs = sorted((REAL_FERPLUS / "FER2013Valid").glob("*.png"))[:n]
+    if len(pngs) == n:
+        faces = np.stack([cv2.imread(str(png), cv2.IMREAD_GRAYSCALE) for png in pngs])
+    else:
+        faces = np.random.default_rng(seed).integers(0, 256, size=(n, 48, 48), dtype=np.uint8)
+    return faces[..., None].astype(np.float32)

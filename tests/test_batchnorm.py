@@ -14,7 +14,7 @@ from ferkeras.models.batchnorm import FusedBatchNormalization
 from ferkeras.models.losses import loss_for_mode
 from ferkeras.models.registry import build_model
 from ferkeras.models.weights import load_model_file
-from tests.test_models import some_faces
+from tests.helpers import some_faces
 
 
 def keras_twin(model):

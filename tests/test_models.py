@@ -16,19 +16,8 @@ from ferkeras.models.weights import IMAGENET_FILE
 from ferkeras.models.registry import MODEL_NAMES, build_model, default_image_size
 from ferkeras.models.preprocess import FacePreprocess
 from ferkeras.models.freezing import apply_freeze, count_params, freeze_summary
-from tests.helpers import write_keras2_weights_h5
+from tests.helpers import some_faces, write_keras2_weights_h5
 
-FERPLUS = Path(__file__).resolve().parents[2] / "shared/data/ferplus"
-
-
-def some_faces(n=4, seed=0):
-    """(n, 48, 48, 1) float32 faces 0..255: real FER+ validation faces when present, else random."""
-    pngs = sorted((FERPLUS / "FER2013Valid").glob("*.png"))[:n]
-    if len(pngs) == n:
-        faces = np.stack([cv2.imread(str(png), cv2.IMREAD_GRAYSCALE) for png in pngs])
-    else:
-        faces = np.random.default_rng(seed).integers(0, 256, size=(n, 48, 48), dtype=np.uint8)
-    return faces[..., None].astype(np.float32)
 
 
 def randomise_weights(model, seed=0):
