@@ -2,7 +2,6 @@
 
 ResNet50 is built at 32x32 (its smallest size) and VGG13 at 32x32 to keep the file fast on 2 cores.
 """
-from pathlib import Path
 
 import ferkeras  # noqa: F401  (sets TensorFlow's environment before it is imported)
 import cv2
