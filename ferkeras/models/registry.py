@@ -51,7 +51,7 @@ MODEL_SPECS = {
 }
 MODEL_NAMES = tuple(MODEL_SPECS)
 WEIGHT_NAMES = ("imagenet", "vggface2", "facenet", "none")
-WEIGHTS_SUFFIXES = (".weights.h5", ".keras", ".h5", ".hdf5")
+WEIGHTS_SUFFIXES = (".weights.h5", ".keras", ".h5", ".hdf5", ".onnx")
 
 
 def model_spec(model_name):
@@ -72,7 +72,8 @@ def build_model(model_name="ResNet50", weights="imagenet", image_size=None, drop
     Args:
         model_name: one of MODEL_NAMES.
         weights: "imagenet" (ResNet50), "vggface2" (ResNet50, SeNet50), "facenet" (FaceNet), "none",
-            or the path of a `.weights.h5`, `.keras` or Keras-2 `.h5` file.
+            or the path of a `.weights.h5`, `.keras` or Keras-2 `.h5` file, or of a FerNet `.onnx` file
+            exported by ferkeras (its BatchNorm folded: see models/onnx_weights.py).
         image_size: side the graph resizes faces to; None or 0 for the backbone's default.
         dropout_rate: dropout before the final Dense(8).
         allow_partial_weights: accept a weights file that covers only part of the model.
@@ -233,6 +234,8 @@ def _resnet50_variant(weights):
     if not isinstance(weights, Path):
         return "keras"
     name = weights.name.lower()
+    if name.endswith(".onnx"):
+        return "keras"  # onnx_weights refuses it with its own message: ONNX weights are for FerNet
     try:
         if name.endswith(".keras"):
             modes = {layer["config"].get("mode") for layer in _keras_file_layers(weights)

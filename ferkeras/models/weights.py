@@ -1,5 +1,5 @@
 """Weights files into models: ImageNet ResNet50's file, `.weights.h5` / `.keras` / Keras-2 `.h5` files,
-and `load_model_file`, which reads any ferkeras `.keras` file with one-line errors."""
+ferkeras' FerNet `.onnx` exports (onnx_weights.py), and `load_model_file`, which reads any ferkeras `.keras` file with one-line errors."""
 import warnings
 import zipfile
 from pathlib import Path
@@ -53,6 +53,8 @@ def load_weights_file(model, path, allow_partial=False):
     - `.weights.h5`: Keras' own loading; the file records layers by position, not by name, so it must
       come from the same architecture (same --model_name, and for VGG13 the same --image_size).
     - `.h5` / `.hdf5`: a Keras-2 file, loaded by layer name by the legacy loader.
+    - `.onnx`: a FerNet file exported by ferkeras, its BatchNorm folded into the convolutions
+      (onnx_weights.py): inference is the file's; before training, restore_batchnorm_statistics.
     Without `allow_partial`, every layer of `model` that has weights must get them from the file.
     """
     path = Path(path)
@@ -61,6 +63,10 @@ def load_weights_file(model, path, allow_partial=False):
         return _load_keras_file_by_name(model, path, allow_partial)
     if name.endswith(".weights.h5"):
         return _load_weights_h5(model, path, allow_partial)
+    if name.endswith(".onnx"):
+        from ferkeras.models.onnx_weights import load_onnx_weights
+
+        return load_onnx_weights(model, path, allow_partial)
     return load_legacy_weights(model, path, allow_partial)
 
 

@@ -151,7 +151,8 @@ OPTIONS = (
     Option("model_name", "ResNet50", "backbone", choices=("ResNet50", "SeNet50", "FaceNet", "VGG13", "FerNetS",
                                                            "FerNetSD", "FerNetM"), group="model", cache_key=True),
     Option("weights", "imagenet", "imagenet | vggface2 | facenet | none | PATH to a .weights.h5, .keras or "
-           "Keras-2 .h5 file", group="model", cache_key=True),
+           "Keras-2 .h5 file, or a FerNet .onnx file exported by ferkeras (models/ferplus-small.onnx: "
+           "fine-tune the shipped model)", group="model", cache_key=True),
     Option("allow_partial_weights", False, "accept a weights file that covers only part of the backbone", bool, group="model"),
     Option("image_size", 0, "side the graph resizes faces to (0 = the backbone's default: 224 ResNet50/SeNet50, "
            "160 FaceNet, 64 VGG13, 48 FerNetS/FerNetSD/FerNetM)", int, group="model", interval=AT_LEAST_0, cache_key=True),
