@@ -109,9 +109,7 @@ def main(argv=None):
         rows.append(compare(model_name, args.batch_size, args.mixed_precision, args.rounds, args.steps))
         print(common.format_table(COLUMNS, rows[-1:]), flush=True)
         keras.backend.clear_session()
-    print("\n" + common.format_table(COLUMNS, rows))
-    common.write_report(args.out, "batchnorm_step", common.command_line("benchmarks/batchnorm_step.py", argv), rows)
-    return rows
+    return common.finish("batchnorm_step", COLUMNS, rows, args.out, argv)
 
 
 if __name__ == "__main__":

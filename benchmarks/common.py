@@ -208,6 +208,13 @@ def write_report(path, benchmark, command, results, extra=None):
     return report
 
 
+def finish(benchmark, columns, rows, out, argv=None, extra=None):
+    """The closing table of benchmarks/<benchmark>.py's rows, then its JSON report in `out`; returns the rows."""
+    print("\n" + format_table(columns, rows))
+    write_report(out, benchmark, command_line(f"benchmarks/{benchmark}.py", argv), rows, extra)
+    return rows
+
+
 def command_line(script, argv=None):
     """The command that produced a report, for reproducing it."""
     return " ".join(["python", script, *(sys.argv[1:] if argv is None else argv)])

@@ -100,9 +100,7 @@ def main(argv=None):
     for index, spec in enumerate(args.configs):
         print(f"\n=== {spec} ===", flush=True)
         rows.append(export_one(spec, args, first=index == 0))
-    print("\n" + common.format_table(COLUMNS, rows))
-    common.write_report(args.out, "export_time", common.command_line("benchmarks/export_time.py", argv), rows)
-    return rows
+    return common.finish("export_time", COLUMNS, rows, args.out, argv)
 
 
 if __name__ == "__main__":

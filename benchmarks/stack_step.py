@@ -94,9 +94,7 @@ def main(argv=None):
             print(common.format_table(COLUMNS, rows[-1:]), flush=True)
             del model
             keras.backend.clear_session()
-    print("\n" + common.format_table(COLUMNS, rows))
-    common.write_report(args.out, "stack_step", common.command_line("benchmarks/stack_step.py", argv), rows)
-    return rows
+    return common.finish("stack_step", COLUMNS, rows, args.out, argv)
 
 
 if __name__ == "__main__":

@@ -336,10 +336,8 @@ def main(argv=None):
             print(f"\n=== {spec} ===", flush=True)
             rows.append(measure_config(spec, args, train, work_dir))
             print(common.format_table(COLUMNS, rows[-1:]), flush=True)
-    print("\n" + common.format_table(COLUMNS, rows))
-    common.write_report(args.out, "train_speed", common.command_line("benchmarks/train_speed.py", argv), rows,
-                        {"conventions": common.__doc__.split("\n\n", 1)[1]})
-    return rows
+    return common.finish("train_speed", COLUMNS, rows, args.out, argv,
+                         {"conventions": common.__doc__.split("\n\n", 1)[1]})
 
 
 if __name__ == "__main__":

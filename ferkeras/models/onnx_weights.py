@@ -29,6 +29,11 @@ import numpy as np
 from ferkeras.errors import UserError
 
 STATISTICS_BATCH = 256
+# Faces on which train.py measures the statistics: a fixed draw, whatever --seed, so that every fine-tune of
+# one file starts from the same weights and their weight average (export.py --average weights) means the
+# same thing.
+STATISTICS_FACES = 2000
+STATISTICS_SEED = 0
 # A channel that is constant on the faces (a dead filter) keeps its kernel scale.
 MIN_CHANNEL_STD = 1e-6
 ZERO_BIAS = object()  # a Conv node without a bias input
@@ -146,8 +151,7 @@ def load_onnx_weights(model, path, allow_partial=False):
         norm.beta.assign(bias)
     dense.kernel.assign(dense_kernel)
     dense.bias.assign(dense_bias)
-    return (f"{path}: {len(convs)} convolutions (BatchNorm folded into them) and the classifier; call "
-            "restore_batchnorm_statistics before training")
+    return f"{path}: {len(convs)} convolutions (BatchNorm folded into them) and the classifier"
 
 
 def _shapes(shapes):
@@ -175,6 +179,31 @@ def restore_batchnorm_statistics(model, faces, batch_size=STATISTICS_BATCH):
         _refit_pair(conv, norm, np.asarray(output, dtype="float64").reshape(-1, output.shape[-1]))
     after = model.predict(faces, batch_size=batch_size, verbose=0)
     return float(np.max(np.abs(after - before)) / max(np.max(np.abs(before)), 1e-12))
+
+
+def restore_for_training(model, train_faces):
+    """restore_batchnorm_statistics on a fixed draw of at most STATISTICS_FACES of `train_faces`, said in a line."""
+    rows = np.random.default_rng(STATISTICS_SEED).permutation(len(train_faces))[:STATISTICS_FACES]
+    change = restore_batchnorm_statistics(model, train_faces[np.sort(rows)])
+    print(f"weights: BatchNorm statistics measured on {len(rows):,} training faces (logits changed by "
+          f"{change:.1e}, relative)")
+
+
+def model_from_onnx(path, train_faces):
+    """The Keras model of a ferkeras FerNet ONNX file, ready to train (`--finetune_from FILE.onnx`): the network
+    its metadata names, reading faces through the contract's 64 px as the file does, statistics restored."""
+    from ferkeras.deploy.contract import load_onnx
+    from ferkeras.models.registry import build_model
+
+    metadata = {prop.key: prop.value for prop in load_onnx(path).metadata_props}
+    model_name = metadata.get("config.model_name")
+    if model_name is None:
+        raise UserError(f"--finetune_from {path}: its metadata_props name no config.model_name; expected an ONNX "
+                        "file exported by ferkeras from a FerNet model, or give a run folder or .keras file")
+    model = build_model(model_name, weights=str(path), dropout_rate=float(metadata.get("config.dropout_rate", 0.3)),
+                        contract_round_trip=True)
+    restore_for_training(model, train_faces)
+    return model
 
 
 def _refit_pair(conv, norm, output):

@@ -1,6 +1,7 @@
 """`train.py --finetune_from runs/<name> --data_dir my_faces/`: adapt a trained model to your own faces.
 
-Training starts from the run's best checkpoint (or a .keras file) and uses your faces
+Training starts from the run's best checkpoint (or a .keras file, or the shipped models/ferplus-small.onnx)
+and uses your faces
 (`ferkeras.data.user_faces`): a seeded `--holdout` share of them is kept out of training and serves as the
 validation split, scored before and after. `--mix_ferplus F` makes F of the training faces FER+ ones
 (a fixed seeded sample of the FER+ training split), which keeps the model from forgetting FER+ while
@@ -18,12 +19,14 @@ from ferkeras.train.run_folder import RunFolder
 
 
 def finetune_source(spec):
-    """The checkpoint to start from: a run folder's best_acc.keras, or a .keras file itself."""
+    """The model to start from: a run folder's best_acc.keras, a .keras file itself, or a FerNet ONNX file
+    exported by ferkeras (models/ferplus-small.onnx; models/onnx_weights.py reads it back)."""
     folder = RunFolder(spec)
     path = folder.checkpoint("best_acc") if folder.exists() else Path(spec)
-    if not path.is_file() or path.suffix != ".keras":
+    if not path.is_file() or path.suffix not in (".keras", ".onnx"):
         raise UserError(f"--finetune_from {spec}: expected a run folder made by train.py (with "
-                        f"{folder.relative(folder.checkpoint('best_acc'))}) or a .keras file")
+                        f"{folder.relative(folder.checkpoint('best_acc'))}), a .keras file or a FerNet .onnx "
+                        "file exported by ferkeras (such as models/ferplus-small.onnx)")
     return path
 
 

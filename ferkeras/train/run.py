@@ -26,18 +26,13 @@ from ferkeras.data.ferplus import load_labelled, resolve_data_dir, summary_line
 from ferkeras.errors import UserError, atomic_path, check_output_folder, read_json, sweep_stale_temporaries, write_text_atomic
 from ferkeras.models.losses import loss_for_mode
 from ferkeras.models.freezing import apply_freeze, freeze_summary
-from ferkeras.models.onnx_weights import restore_batchnorm_statistics
+from ferkeras.models.onnx_weights import model_from_onnx, restore_for_training
 from ferkeras.models.registry import build_model
 from ferkeras.models.weights import load_model_file
 from ferkeras.data.batches import FaceBatches, class_weight_vector
 from ferkeras.train.plots import plot_training_curves
 from ferkeras.train.run_folder import RunFolder
 
-# Training faces on which the BatchNorm statistics of ONNX --weights are measured (restore_onnx_batchnorm):
-# a fixed draw, whatever --seed, so that every fine-tune of one file starts from the same weights and their
-# weight average (export.py --average weights) means the same thing.
-ONNX_STATISTICS_FACES = 2000
-ONNX_STATISTICS_SEED = 0
 # Run folders this process created (see `_removes_unstarted_run`).
 _created_run_dirs = []
 
@@ -269,18 +264,18 @@ class ValidateWithEMA(keras.callbacks.Callback):
 
 def new_model(config, train_faces=None):
     """The configured model, frozen and compiled: built from --model_name, or loaded for --finetune_from.
-    `train_faces` set the BatchNorm statistics of weights read from an ONNX file."""
+    `train_faces` set the BatchNorm statistics of weights read from an ONNX file (models/onnx_weights.py)."""
     if config.finetune_from:
         source = finetune.finetune_source(config.finetune_from)
         print(f"fine-tuning {source}")
-        model = load_model_file(source)
+        model = model_from_onnx(source, _needed(train_faces)) if source.suffix == ".onnx" else load_model_file(source)
     else:
         model = build_model(config.model_name, weights=config.weights,
                             image_size=config.image_size or None, dropout_rate=config.dropout_rate,
                             allow_partial_weights=config.allow_partial_weights,
                             contract_round_trip=config.contract_round_trip)
         if str(config.weights).lower().endswith(".onnx"):
-            restore_onnx_batchnorm(model, train_faces)
+            restore_for_training(model, _needed(train_faces))
     print(freeze_summary(apply_freeze(model, config.freeze_before)))
     model.compile(optimizer=build_optimizer(config),
                   loss=loss_for_mode(config.training_mode, config.label_smoothing),
@@ -288,15 +283,10 @@ def new_model(config, train_faces=None):
     return model
 
 
-def restore_onnx_batchnorm(model, train_faces):
-    """An ONNX file's BatchNorm is folded into its convolutions: measure their statistics on training
-    faces, so that training mode starts from the file's network (models/onnx_weights.py)."""
+def _needed(train_faces):
     if train_faces is None:
-        raise ValueError("--weights *.onnx: new_model needs the training faces to measure BatchNorm statistics")
-    rows = np.random.default_rng(ONNX_STATISTICS_SEED).permutation(len(train_faces))[:ONNX_STATISTICS_FACES]
-    change = restore_batchnorm_statistics(model, train_faces[np.sort(rows)])
-    print(f"weights: BatchNorm statistics measured on {len(rows):,} training faces (logits changed by "
-          f"{change:.1e}, relative)")
+        raise ValueError("an ONNX file's weights need the training faces to measure BatchNorm statistics")
+    return train_faces
 
 
 def scheduled_lr(config, epoch):
