@@ -283,6 +283,20 @@ def new_model(config, train_faces=None):
     return model
 
 
+def starts_from_onnx(config):
+    return any(str(spec or "").lower().endswith(".onnx") for spec in (config.weights, config.finetune_from))
+
+
+def save_start_model(model, path):
+    """The file's network as this run starts from it: its BatchNorm statistics were measured here, so only
+    this copy matches the run's checkpoints parameter for parameter (for a weight average of the two)."""
+    uncompiled = keras.models.clone_model(model)  # no optimizer state: none exists yet
+    uncompiled.set_weights(model.get_weights())
+    with atomic_path(path) as tmp:
+        uncompiled.save(tmp)
+    print(f"start: {path} (the ONNX file's network in Keras form)")
+
+
 def _needed(train_faces):
     if train_faces is None:
         raise ValueError("an ONNX file's weights need the training faces to measure BatchNorm statistics")
@@ -574,6 +588,8 @@ def train(config, explicit=()):
         else:
             model = new_model(config, train_data[0])
             create_run_dir(config, run_dir)
+            if starts_from_onnx(config):
+                save_start_model(model, RunFolder(run_dir).start_model)
         fit_model, batches, valid_data = fit_inputs(config, model, train_data, (valid_x, valid_t), run_dir,
                                                     initial_epoch)
         batches = distribute.prepare_fit(fit_model, batches, placement)

@@ -68,6 +68,12 @@ class RunFolder:
         return self.path / "finetune.json"
 
     @property
+    def start_model(self):
+        """The network a run from an ONNX file's weights started from, in Keras form: a member for
+        `export.py --average weights` beside the run's own checkpoints (models/onnx_weights.py)."""
+        return self.path / "start.keras"
+
+    @property
     def checkpoints_dir(self):
         return self.path / "checkpoints"
 
