@@ -56,11 +56,11 @@ def conv_batchnorm_pairs(model, source):
         if not isinstance(layer, keras.layers.Conv2D):
             continue
         after = layers[index + 1] if index + 1 < len(layers) else None
-        if layer.use_bias or not isinstance(after, keras.layers.BatchNormalization) or not (after.scale and after.center):
+        normalised = isinstance(after, keras.layers.BatchNormalization) and after.scale and after.center
+        if layer.use_bias or not normalised:
             raise UserError(f"--weights {source}: ONNX weights load only into networks whose every convolution "
-                            f"is a bias-free Conv2D followed by a BatchNormalization with gamma and beta (the FerNet "
-                            f"family); "
-                            f"{model.name}'s {layer.name} is not; use a .keras or .weights.h5 file for it")
+                            "is a bias-free Conv2D followed by a BatchNormalization with gamma and beta (the "
+                            f"FerNet family); {model.name}'s {layer.name} is not; use a .keras or .weights.h5 file")
         pairs.append((layer, after))
     dense = [layer for layer in layers if isinstance(layer, keras.layers.Dense)]
     if not pairs or len(dense) != 1:
@@ -137,8 +137,8 @@ def load_onnx_weights(model, path, allow_partial=False):
     found = [tuple(kernel.shape) for kernel, _ in convs]
     if expected != found:
         raise UserError(f"--weights {path}: its {len(found)} convolution kernels {_shapes(found)} do not match "
-                        f"the {model.name} model's {len(expected)} {_shapes(expected)}; use the --model_name the file was "
-                        "trained as (its metadata_props config.model_name)")
+                        f"the {model.name} model's {len(expected)} {_shapes(expected)}; use the --model_name the "
+                        "file was trained as (its metadata_props config.model_name)")
     if tuple(dense.kernel.shape) != dense_kernel.shape:
         raise UserError(f"--weights {path}: its classifier is {dense_kernel.shape}, {model.name}'s "
                         f"{tuple(dense.kernel.shape)}; use the --model_name the file was trained as")
@@ -182,7 +182,7 @@ def restore_batchnorm_statistics(model, faces, batch_size=STATISTICS_BATCH):
 
 
 def restore_for_training(model, train_faces):
-    """restore_batchnorm_statistics on a fixed draw of at most STATISTICS_FACES of `train_faces`, said in a line."""
+    """restore_batchnorm_statistics on a fixed draw of at most STATISTICS_FACES of `train_faces`, reported."""
     rows = np.random.default_rng(STATISTICS_SEED).permutation(len(train_faces))[:STATISTICS_FACES]
     change = restore_batchnorm_statistics(model, train_faces[np.sort(rows)])
     print(f"weights: BatchNorm statistics measured on {len(rows):,} training faces (logits changed by "
@@ -190,8 +190,9 @@ def restore_for_training(model, train_faces):
 
 
 def model_from_onnx(path, train_faces):
-    """The Keras model of a ferkeras FerNet ONNX file, ready to train (`--finetune_from FILE.onnx`): the network
-    its metadata names, reading faces through the contract's 64 px as the file does, statistics restored."""
+    """The Keras model of a ferkeras FerNet ONNX file, ready to train (`--finetune_from FILE.onnx`): the
+    network its metadata names, reading faces through the contract's 64 px as the file does, statistics
+    restored."""
     from ferkeras.deploy.contract import load_onnx
     from ferkeras.models.registry import build_model
 
@@ -200,8 +201,8 @@ def model_from_onnx(path, train_faces):
     if model_name is None:
         raise UserError(f"--finetune_from {path}: its metadata_props name no config.model_name; expected an ONNX "
                         "file exported by ferkeras from a FerNet model, or give a run folder or .keras file")
-    model = build_model(model_name, weights=str(path), dropout_rate=float(metadata.get("config.dropout_rate", 0.3)),
-                        contract_round_trip=True)
+    dropout_rate = float(metadata.get("config.dropout_rate", 0.3))
+    model = build_model(model_name, weights=str(path), dropout_rate=dropout_rate, contract_round_trip=True)
     restore_for_training(model, train_faces)
     return model
 

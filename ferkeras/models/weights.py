@@ -1,5 +1,6 @@
 """Weights files into models: ImageNet ResNet50's file, `.weights.h5` / `.keras` / Keras-2 `.h5` files,
-ferkeras' FerNet `.onnx` exports (onnx_weights.py), and `load_model_file`, which reads any ferkeras `.keras` file with one-line errors."""
+ferkeras' FerNet `.onnx` exports (onnx_weights.py), and `load_model_file`, which reads any ferkeras
+`.keras` file with one-line errors."""
 import warnings
 import zipfile
 from pathlib import Path

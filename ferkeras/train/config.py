@@ -129,8 +129,9 @@ OPTIONS = (
            "slow to score many views (FaceNet: about 34 faces/s on 2 CPU cores): --distill_views 1 scores each face "
            "once, and the student still sees a fresh draw of the recipe every epoch", bool, group="data"),
     Option("finetune_from", None, "start from this run's best checkpoint (runs/<name>), a .keras file or a "
-           "FerNet .onnx file exported by ferkeras (models/ferplus-small.onnx) and train on your own faces: --data_dir then holds images and a label.csv ('image,emotion' or "
-           "'image,' + 8 votes per row)", group="data"),
+           "FerNet .onnx file exported by ferkeras (models/ferplus-small.onnx) and train on your own faces: "
+           "--data_dir then holds images and a label.csv ('image,emotion' or 'image,' + 8 votes per row)",
+           group="data"),
     Option("holdout", 0.2, "--finetune_from: share of your faces kept out of training and scored before and after",
            float, group="data", interval=OPEN_FRACTION),
     Option("mix_ferplus", 0.0, "--finetune_from: share of the training faces drawn from FER+ (from --ferplus_dir) "

@@ -268,13 +268,13 @@ def new_model(config, train_faces=None):
     if config.finetune_from:
         source = finetune.finetune_source(config.finetune_from)
         print(f"fine-tuning {source}")
-        model = model_from_onnx(source, _needed(train_faces)) if source.suffix == ".onnx" else load_model_file(source)
+        model = model_from_onnx(source, _needed(train_faces)) if _is_onnx(source) else load_model_file(source)
     else:
         model = build_model(config.model_name, weights=config.weights,
                             image_size=config.image_size or None, dropout_rate=config.dropout_rate,
                             allow_partial_weights=config.allow_partial_weights,
                             contract_round_trip=config.contract_round_trip)
-        if str(config.weights).lower().endswith(".onnx"):
+        if _is_onnx(config.weights):
             restore_for_training(model, _needed(train_faces))
     print(freeze_summary(apply_freeze(model, config.freeze_before)))
     model.compile(optimizer=build_optimizer(config),
@@ -283,8 +283,13 @@ def new_model(config, train_faces=None):
     return model
 
 
+def _is_onnx(spec):
+    return str(spec or "").lower().endswith(".onnx")
+
+
 def starts_from_onnx(config):
-    return any(str(spec or "").lower().endswith(".onnx") for spec in (config.weights, config.finetune_from))
+    """Whether the run's first weights come from an ONNX file (--weights or --finetune_from)."""
+    return _is_onnx(config.weights) or _is_onnx(config.finetune_from)
 
 
 def save_start_model(model, path):
