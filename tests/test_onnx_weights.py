@@ -1,5 +1,6 @@
-"""`--weights model.onnx`: a FerNet exported by ferkeras (BatchNorm folded into its convolutions) back into
-Keras, computing the file's function, and its BatchNorm statistics restored for training."""
+"""`--weights model.onnx` and `--finetune_from model.onnx`: a FerNet exported by ferkeras (BatchNorm folded
+into its convolutions) back into Keras, computing the file's function, its BatchNorm statistics restored
+for training."""
 import keras
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def exported_fernet(tmp_path_factory):
 
 def pooled(model, inputs, training):
     """The pooled features (before the classifier and its dropout), in training or inference mode.
-    Calls in training mode update BatchNorm's moving statistics, so they run on a copy's variables."""
+    A call in training mode updates BatchNorm's moving statistics, so they are put back afterwards."""
     features = keras.Model(model.inputs, model.get_layer("pool").output)
     before = [variable.numpy() for variable in model.non_trainable_variables]
     out = keras.ops.convert_to_numpy(features([inputs], training=training))
