@@ -288,8 +288,9 @@ def _is_onnx(spec):
 
 
 def starts_from_onnx(config):
-    """Whether the run's first weights come from an ONNX file (--weights or --finetune_from)."""
-    return _is_onnx(config.weights) or _is_onnx(config.finetune_from)
+    """Whether the run's first weights come from an ONNX file: --finetune_from's when given (it overrides
+    --weights), else --weights'."""
+    return _is_onnx(config.finetune_from) if config.finetune_from else _is_onnx(config.weights)
 
 
 def save_start_model(model, path):
